@@ -1,0 +1,176 @@
+"""Client-side records and the workflow handle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from perdure._converter import from_jsonable, to_jsonable
+from perdure._errors import (
+    CancelledError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+    failure_from_dict,
+)
+from perdure._errors import TimeoutError as PerdureTimeoutError
+from perdure._history import HistoryEvent
+from perdure._store._base import RunRecord
+
+if TYPE_CHECKING:
+    from perdure._app import App
+
+R = TypeVar("R")
+
+
+class WorkflowStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TERMINATED = "terminated"
+    CONTINUED_AS_NEW = "continued_as_new"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkflowDescription:
+    """One run, as ``describe()`` and ``list_workflows()`` give it."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: WorkflowStatus
+    created_at: datetime
+    closed_at: datetime | None
+    parent_workflow_id: str | None
+    parent_run_id: str | None
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)
+    history_length: int = 0
+    parked_error: str | None = None
+
+    @classmethod
+    def from_record(cls, rec: RunRecord) -> WorkflowDescription:
+        return cls(
+            workflow_id=rec.workflow_id,
+            run_id=rec.run_id,
+            workflow_type=rec.workflow_type,
+            task_queue=rec.task_queue,
+            status=WorkflowStatus(rec.status),
+            created_at=rec.created_at,
+            closed_at=rec.closed_at,
+            parent_workflow_id=rec.parent_workflow_id,
+            parent_run_id=rec.parent_run_id,
+            search_attributes=rec.search_attributes,
+            memo=rec.memo,
+            history_length=rec.next_event_seq - 1,
+            parked_error=rec.parked_error,
+        )
+
+
+class WorkflowHandle(Generic[R]):
+    """A handle on a workflow: its latest run, or one run when ``run_id`` is set."""
+
+    def __init__(
+        self, app: App, workflow_id: str, run_id: str | None = None, *, result_type: Any = Any
+    ) -> None:
+        self.app = app
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._result_type = result_type
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
+
+    async def _record(self, run_id: str | None = None) -> RunRecord:
+        store = await self.app._get_store()
+        rec = await store.get_run(self.app.namespace, self.workflow_id, run_id or self.run_id)
+        if rec is None:
+            raise WorkflowNotFoundError(
+                f"no workflow with id {self.workflow_id!r}"
+                + (f" and run id {self.run_id!r}" if self.run_id else "")
+            )
+        return rec
+
+    async def result(self, timeout: Any = None) -> R:
+        """Wait for the run (following continue-as-new) to close; return or raise its outcome."""
+        from perdure._durations import to_optional_seconds
+
+        seconds = to_optional_seconds(timeout, what="timeout")
+        deadline = None if seconds is None else time.monotonic() + seconds
+        run_id = self.run_id
+        while True:
+            rec = await self._record(run_id)
+            if rec.status == WorkflowStatus.RUNNING:
+                wait = self.app._result_poll_interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PerdureTimeoutError(
+                            f"workflow {self.workflow_id!r} did not finish within {seconds}s",
+                            timeout_type="result",
+                        )
+                    wait = min(wait, left)
+                await self.app._wait_closed(rec.run_id, wait)
+                run_id = rec.run_id
+                continue
+            if rec.status == WorkflowStatus.CONTINUED_AS_NEW and rec.continued_run_id:
+                run_id = rec.continued_run_id
+                continue
+            if rec.status == WorkflowStatus.COMPLETED:
+                result: R = from_jsonable(rec.result, self._result_type, what="workflow result")
+                return result
+            raise _failed(rec)
+
+    async def describe(self) -> WorkflowDescription:
+        return WorkflowDescription.from_record(await self._record())
+
+    async def history(self) -> list[HistoryEvent]:
+        rec = await self._record()
+        store = await self.app._get_store()
+        return await store.load_history(rec.run_id)
+
+    async def signal(self, name: str, *args: Any) -> None:
+        """Send a signal; it is buffered until the workflow takes it."""
+        payload = [to_jsonable(a, what=f"argument of signal {name!r}") for a in args]
+        store = await self.app._get_store()
+        await store.send_inbox(
+            self.app.namespace, self.workflow_id, self.run_id, "signal", name, payload
+        )
+        self.app._wake_workers()
+
+    async def cancel(self, reason: str | None = None) -> None:
+        """Ask the workflow to cancel: it sees ``asyncio.CancelledError`` at its current await."""
+        store = await self.app._get_store()
+        await store.send_inbox(
+            self.app.namespace, self.workflow_id, self.run_id, "cancel", None, [reason]
+        )
+        self.app._wake_workers()
+
+
+def _failed(rec: RunRecord) -> WorkflowFailedError:
+    if rec.error is not None:
+        cause: BaseException = failure_from_dict(rec.error)
+    elif rec.status == WorkflowStatus.CANCELED:
+        cause = CancelledError("workflow was canceled")
+    else:
+        cause = CancelledError(f"workflow ended as {rec.status}")
+    return WorkflowFailedError(
+        f"workflow {rec.workflow_id!r} (run {rec.run_id}) {rec.status}: {cause}",
+        cause=cause,
+        workflow_id=rec.workflow_id,
+        run_id=rec.run_id,
+        status=rec.status,
+    )
+
+
+async def sleep_until_closed(event: asyncio.Future[None], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(event), timeout)
+    except TimeoutError:
+        pass

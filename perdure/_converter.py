@@ -1,0 +1,129 @@
+"""Payload conversion: Python values <-> JSON, guided by type hints.
+
+Values go out through pydantic's ``to_jsonable_python`` (dataclasses, models,
+datetimes, plain JSON) and come back through a ``TypeAdapter`` of the
+parameter's or return value's type hint, so a workflow declared to take an
+``Order`` dataclass receives an ``Order``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import pydantic
+import pydantic_core
+
+MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+
+
+class PayloadError(TypeError):
+    """A value cannot be converted to or from JSON."""
+
+
+def to_jsonable(value: Any, *, what: str = "value") -> Any:
+    try:
+        return pydantic_core.to_jsonable_python(value)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise PayloadError(
+            f"{what} is not serializable to JSON ({type(value).__name__}): {exc}; "
+            "use JSON values, dataclasses or pydantic models"
+        ) from None
+
+
+def dumps(value: Any, *, what: str = "value") -> str:
+    """Encode to JSON text; raise ``PayloadError`` for unserializable or oversized values."""
+    try:
+        text = json.dumps(to_jsonable(value, what=what), separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise PayloadError(f"{what} is not valid JSON: {exc}") from None
+    if len(text) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(
+            f"{what} is {len(text)} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte limit; "
+            "store large data elsewhere and pass a reference"
+        )
+    return text
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+@lru_cache(maxsize=1024)
+def _adapter(hint: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(hint)
+
+
+def from_jsonable(value: Any, hint: Any, *, what: str = "value") -> Any:
+    """Convert JSON data to ``hint``'s type; plain values pass through untyped hints."""
+    if hint is Any or hint is inspect.Parameter.empty or hint is None or hint is type(None):
+        return value
+    try:
+        return _adapter(hint).validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise PayloadError(f"{what} does not match its type {_hint_name(hint)}: {exc}") from None
+    except (TypeError, pydantic.PydanticSchemaGenerationError):
+        return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or repr(hint)
+
+
+class Signature:
+    """The parameters and return type of a workflow or activity function."""
+
+    def __init__(self, fn: Callable[..., Any], *, skip_first: bool) -> None:
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        sig = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable forward references: fall back to untyped
+            hints = {}
+        params = list(sig.parameters.values())
+        if skip_first and params:
+            params = params[1:]
+        self.params = params
+        self.hints = [hints.get(p.name, Any) for p in params]
+        self.return_hint = hints.get("return", Any)
+        self._sig = sig.replace(parameters=params)
+
+    def check_args(self, args: Sequence[Any], *, kind: str) -> None:
+        """Raise ``TypeError`` naming the function if ``args`` do not fit its parameters."""
+        try:
+            self._sig.bind(*args)
+        except TypeError as exc:
+            raise TypeError(
+                f"{kind} {self.name!r} called with {len(args)} argument(s): {exc}"
+            ) from None
+
+    def encode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:
+        self.check_args(args, kind=kind)
+        out = []
+        for i, value in enumerate(args):
+            name = self.params[i].name if i < len(self.params) else f"#{i}"
+            out.append(to_jsonable(value, what=f"argument {name!r} of {kind} {self.name!r}"))
+        return out
+
+    def decode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:
+        self.check_args(args, kind=kind)
+        out = []
+        for i, value in enumerate(args):
+            if i < len(self.params) and self.params[i].kind in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                name = self.params[i].name
+                out.append(
+                    from_jsonable(value, self.hints[i], what=f"argument {name!r} of {self.name!r}")
+                )
+            else:
+                out.append(value)
+        return out
+
+    def decode_result(self, value: Any) -> Any:
+        return from_jsonable(value, self.return_hint, what=f"result of {self.name!r}")

@@ -1,0 +1,250 @@
+"""The store's interface: one async method per transaction, in the engine's words.
+
+Nothing above the store imports a database driver. Driver errors stop here:
+a unique violation on start becomes ``WorkflowAlreadyStartedError``, a lost
+lease or a moved run becomes ``StepRejected``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from perdure._history import HistoryEvent
+
+
+class StepRejected(Exception):  # noqa: N818 - internal control flow, not an error for users
+    """The run is no longer ours (lease lost, or another writer moved it on)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRecord:
+    run_id: str
+    namespace: str
+    workflow_id: str
+    workflow_type: str
+    task_queue: str
+    status: str
+    input: list[Any]
+    result: Any
+    error: dict[str, Any] | None
+    parent_workflow_id: str | None
+    parent_run_id: str | None
+    search_attributes: dict[str, Any]
+    memo: dict[str, Any]
+    continued_run_id: str | None
+    next_event_seq: int
+    wake_at: datetime | None
+    owner: str | None
+    parked_error: str | None
+    created_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewRun:
+    namespace: str
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    input: list[Any]
+    wake_at: datetime
+    id_reuse_policy: str = "allow_duplicate"
+    id_conflict_policy: str = "fail"
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ActivityTask:
+    run_id: str
+    activity_id: int
+    activity_type: str
+    task_queue: str | None
+    attempt: int
+    scheduled_at: datetime
+    visible_at: datetime
+    heartbeat_details: list[Any]
+    last_failure: dict[str, Any] | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewTask:
+    activity_id: int
+    activity_type: str
+    task_queue: str | None
+    scheduled_at: datetime
+    visible_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InboxItem:
+    inbox_id: int
+    run_id: str
+    kind: str
+    name: str | None
+    payload: list[Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunClose:
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    continued_run_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepCommit:
+    """Everything one workflow step changes, written in one transaction.
+
+    Fenced: it applies only if ``worker_id`` still holds the run and the run's
+    history still ends at ``expected_seq - 1``.
+    """
+
+    namespace: str
+    run_id: str
+    worker_id: str
+    expected_seq: int
+    events: list[HistoryEvent]
+    new_tasks: list[NewTask] = field(default_factory=list)
+    finished_tasks: list[int] = field(default_factory=list)
+    consumed_inbox: list[int] = field(default_factory=list)
+    wake_at: datetime | None = None
+    lease_until: datetime | None = None
+    close: RunClose | None = None
+    release: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListFilter:
+    namespace: str
+    status: str | None = None
+    workflow_type: str | None = None
+    workflow_id_prefix: str | None = None
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+
+
+class Store(abc.ABC):
+    """A perdure database. Every method is one transaction (or one read)."""
+
+    dialect: str
+
+    @abc.abstractmethod
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; safe to call from many processes at once."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- client side -----------------------------------------------------
+    @abc.abstractmethod
+    async def start_run(self, run: NewRun) -> tuple[str, bool]:
+        """Insert a run, applying the id policies. Returns (run_id, created)."""
+
+    @abc.abstractmethod
+    async def get_run(
+        self, namespace: str, workflow_id: str, run_id: str | None = None
+    ) -> RunRecord | None:
+        """The given run, or the latest run of the workflow id."""
+
+    @abc.abstractmethod
+    async def list_runs(self, flt: ListFilter) -> list[RunRecord]:
+        """Runs matching the filter, newest first."""
+
+    @abc.abstractmethod
+    async def load_history(self, run_id: str) -> list[HistoryEvent]: ...
+
+    @abc.abstractmethod
+    async def send_inbox(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str | None,
+        kind: str,
+        name: str | None,
+        payload: list[Any],
+    ) -> str:
+        """Queue a message for the running run; returns its run id.
+
+        Raises ``WorkflowNotFoundError`` when no such run is running.
+        """
+
+    # -- worker side -----------------------------------------------------
+    @abc.abstractmethod
+    async def claim_runs(
+        self,
+        *,
+        namespace: str,
+        worker_id: str,
+        task_queues: list[str],
+        workflow_types: list[str],
+        limit: int,
+        lease_until: datetime,
+    ) -> list[RunRecord]:
+        """Take the lease of runs that are due and unowned (or whose owner died)."""
+
+    @abc.abstractmethod
+    async def load_tasks(self, run_id: str) -> list[ActivityTask]: ...
+
+    @abc.abstractmethod
+    async def load_run_inbox(self, run_id: str) -> list[InboxItem]: ...
+
+    @abc.abstractmethod
+    async def owned_inbox(self, worker_id: str) -> list[InboxItem]:
+        """Messages waiting for runs this worker holds."""
+
+    @abc.abstractmethod
+    async def commit_step(self, step: StepCommit) -> None:
+        """Apply a step atomically; raise ``StepRejected`` if the fence fails."""
+
+    @abc.abstractmethod
+    async def retry_activity(
+        self,
+        *,
+        run_id: str,
+        activity_id: int,
+        worker_id: str,
+        attempt: int,
+        visible_at: datetime,
+        heartbeat_details: list[Any],
+        last_failure: dict[str, Any],
+    ) -> None:
+        """Record a failed attempt and when the next one is due (durable backoff)."""
+
+    @abc.abstractmethod
+    async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
+        """Extend every lease this worker holds; return the run ids it still holds."""
+
+    @abc.abstractmethod
+    async def release_run(self, run_id: str, worker_id: str, wake_at: datetime | None) -> None: ...
+
+    @abc.abstractmethod
+    async def park_run(self, run_id: str, worker_id: str, error: str) -> None:
+        """Stop working on a run whose code no longer matches its history."""
+
+    @abc.abstractmethod
+    async def unpark_runs(self, namespace: str, workflow_types: list[str]) -> int:
+        """Give parked runs of these types another try (new code was deployed)."""
+
+    @abc.abstractmethod
+    async def register_worker(
+        self, *, worker_id: str, namespace: str, hostname: str, pid: int, task_queues: list[str]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def deregister_worker(self, worker_id: str) -> None: ...

@@ -1,0 +1,139 @@
+-- Named queries of the SQLite store. Each block starts with "-- name: <name>".
+-- Lists are passed as JSON arrays and read with json_each.
+
+-- name: insert_run
+INSERT INTO perdure_workflows (
+    run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
+    parent_workflow_id, parent_run_id, search_attributes, memo, wake_at, created_at
+) VALUES (
+    :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, 'running', :input,
+    :parent_workflow_id, :parent_run_id, :search_attributes, :memo, :wake_at, :created_at
+);
+
+-- name: latest_run
+SELECT * FROM perdure_workflows
+WHERE namespace = :namespace AND workflow_id = :workflow_id
+ORDER BY created_at DESC, rowid DESC LIMIT 1;
+
+-- name: running_run
+SELECT * FROM perdure_workflows
+WHERE namespace = :namespace AND workflow_id = :workflow_id AND status = 'running';
+
+-- name: get_run
+SELECT * FROM perdure_workflows WHERE run_id = :run_id;
+
+-- name: claim_runs
+UPDATE perdure_workflows SET owner = :worker_id, lease_expires_at = :lease_until
+WHERE run_id IN (
+    SELECT run_id FROM perdure_workflows
+    WHERE status = 'running' AND namespace = :namespace
+      AND task_queue IN (SELECT value FROM json_each(:task_queues))
+      AND workflow_type IN (SELECT value FROM json_each(:workflow_types))
+      AND wake_at <= :now AND parked_error IS NULL
+      AND (owner IS NULL OR lease_expires_at < :now)
+    ORDER BY wake_at LIMIT :limit
+)
+RETURNING *;
+
+-- name: load_history
+SELECT seq, event_type, name, attributes, created_at FROM perdure_history
+WHERE run_id = :run_id ORDER BY seq;
+
+-- name: load_tasks
+SELECT * FROM perdure_tasks WHERE run_id = :run_id ORDER BY activity_id;
+
+-- name: fence_step
+UPDATE perdure_workflows
+SET next_event_seq = :next_event_seq, wake_at = :wake_at, lease_expires_at = :lease_until,
+    owner = CASE WHEN :release THEN NULL ELSE owner END
+WHERE run_id = :run_id AND owner = :worker_id AND next_event_seq = :expected_seq
+  AND status = 'running';
+
+-- name: close_run
+UPDATE perdure_workflows
+SET status = :status, result = :result, error = :error, closed_at = :closed_at,
+    continued_run_id = :continued_run_id, owner = NULL, lease_expires_at = NULL, wake_at = NULL
+WHERE run_id = :run_id;
+
+-- name: append_event
+INSERT INTO perdure_history (run_id, seq, event_type, name, attributes, created_at)
+VALUES (:run_id, :seq, :event_type, :name, :attributes, :created_at);
+
+-- name: insert_task
+INSERT INTO perdure_tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, attempt, scheduled_at, visible_at
+) VALUES (
+    :namespace, :run_id, :activity_id, :activity_type, :task_queue, 1, :scheduled_at, :visible_at
+);
+
+-- name: delete_task
+DELETE FROM perdure_tasks WHERE run_id = :run_id AND activity_id = :activity_id;
+
+-- name: delete_run_tasks
+DELETE FROM perdure_tasks WHERE run_id = :run_id;
+
+-- name: delete_inbox
+DELETE FROM perdure_inbox WHERE inbox_id = :inbox_id;
+
+-- name: retry_task
+UPDATE perdure_tasks
+SET attempt = :attempt, visible_at = :visible_at, heartbeat_details = :heartbeat_details,
+    last_failure = :last_failure
+WHERE run_id = :run_id AND activity_id = :activity_id
+  AND EXISTS (SELECT 1 FROM perdure_workflows w
+              WHERE w.run_id = :run_id AND w.owner = :worker_id AND w.status = 'running');
+
+-- name: save_heartbeat
+UPDATE perdure_tasks SET heartbeat_details = :heartbeat_details
+WHERE run_id = :run_id AND activity_id = :activity_id;
+
+-- name: renew_leases
+UPDATE perdure_workflows SET lease_expires_at = :lease_until
+WHERE owner = :worker_id AND status = 'running'
+RETURNING run_id;
+
+-- name: release_run
+UPDATE perdure_workflows SET owner = NULL, lease_expires_at = NULL, wake_at = :wake_at
+WHERE run_id = :run_id AND owner = :worker_id;
+
+-- name: park_run
+UPDATE perdure_workflows
+SET parked_error = :parked_error, owner = NULL, lease_expires_at = NULL
+WHERE run_id = :run_id AND owner = :worker_id;
+
+-- name: unpark_runs
+UPDATE perdure_workflows SET parked_error = NULL, wake_at = :now
+WHERE namespace = :namespace AND status = 'running' AND parked_error IS NOT NULL
+  AND workflow_type IN (SELECT value FROM json_each(:workflow_types));
+
+-- name: owned_inbox
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure_inbox i
+JOIN perdure_workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+WHERE w.owner = :worker_id AND (i.run_id IS NULL OR i.run_id = w.run_id)
+ORDER BY i.inbox_id;
+
+-- name: run_inbox
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure_inbox i
+JOIN perdure_workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+WHERE w.run_id = :run_id AND (i.run_id IS NULL OR i.run_id = w.run_id)
+ORDER BY i.inbox_id;
+
+-- name: insert_inbox
+INSERT INTO perdure_inbox (namespace, workflow_id, run_id, kind, name, payload, created_at)
+VALUES (:namespace, :workflow_id, :run_id, :kind, :name, :payload, :created_at);
+
+-- name: upsert_worker
+INSERT INTO perdure_workers (worker_id, namespace, hostname, pid, task_queues, started_at,
+                             heartbeat_at)
+VALUES (:worker_id, :namespace, :hostname, :pid, :task_queues, :now, :now)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: delete_worker
+DELETE FROM perdure_workers WHERE worker_id = :worker_id;
+
+-- name: history_length
+SELECT next_event_seq - 1 AS n FROM perdure_workflows WHERE run_id = :run_id;

@@ -1,0 +1,179 @@
+"""Running one activity attempt, with its timeouts, and deciding what comes next."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from perdure import _activity_state
+from perdure._activity_state import ActivityInfo, ActivityState
+from perdure._converter import to_jsonable
+from perdure._errors import ApplicationError, TimeoutError, failure_to_dict
+from perdure._registry import ActivityDefinition
+from perdure._retry import RetryPolicy
+from perdure._store._base import utcnow
+
+
+@dataclass(slots=True)
+class PendingActivity:
+    """An activity of a held run: scheduled, running, or waiting out a backoff."""
+
+    activity_id: int
+    activity_type: str
+    label: str
+    args: list[Any]
+    retry: RetryPolicy
+    start_to_close: float | None
+    schedule_to_close: float | None
+    heartbeat_timeout: float | None
+    attempt: int
+    scheduled_at: datetime
+    visible_at: datetime
+    heartbeat_details: list[Any]
+    task: asyncio.Task[None] | None = None
+    state: ActivityState | None = None
+
+    @classmethod
+    def from_scheduled(
+        cls, attrs: dict[str, Any], label: str, scheduled_at: datetime
+    ) -> PendingActivity:
+        return cls(
+            activity_id=int(attrs["activity_id"]),
+            activity_type=str(attrs["activity_type"]),
+            label=label,
+            args=list(attrs.get("args") or []),
+            retry=RetryPolicy.from_dict(attrs["retry"]),
+            start_to_close=attrs.get("start_to_close_timeout"),
+            schedule_to_close=attrs.get("schedule_to_close_timeout"),
+            heartbeat_timeout=attrs.get("heartbeat_timeout"),
+            attempt=1,
+            scheduled_at=scheduled_at,
+            visible_at=scheduled_at,
+            heartbeat_details=[],
+        )
+
+    def cancel(self) -> None:
+        if self.state is not None:
+            self.state.cancelled = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+async def run_attempt(
+    act: PendingActivity,
+    defn: ActivityDefinition,
+    info: ActivityInfo,
+    pool: ThreadPoolExecutor,
+) -> Outcome:
+    """Run one attempt; never raises (except cancellation of the caller)."""
+    state = ActivityState(info)
+    act.state = state
+    ctx = contextvars.copy_context()
+    ctx.run(_activity_state.current.set, state)
+    loop = asyncio.get_running_loop()
+    try:
+        args = defn.signature.decode_args(act.args, kind="activity")
+    except Exception as exc:
+        return Outcome(False, error=ApplicationError(str(exc), type=type(exc).__name__,
+                                                     non_retryable=True))
+    fut: asyncio.Future[Any]
+    if defn.is_async:
+        fut = loop.create_task(_call_async(defn, args), context=ctx)
+    else:
+        fut = loop.run_in_executor(pool, ctx.run, defn.fn, *args)
+    started = time.monotonic()
+    remaining_s2c = None
+    if act.schedule_to_close is not None:
+        remaining_s2c = act.schedule_to_close - (utcnow() - act.scheduled_at).total_seconds()
+    try:
+        while True:
+            now = time.monotonic()
+            waits: list[tuple[float, str]] = []
+            if act.start_to_close is not None:
+                waits.append((started + act.start_to_close - now, "start_to_close"))
+            if remaining_s2c is not None:
+                waits.append((started + remaining_s2c - now, "schedule_to_close"))
+            if act.heartbeat_timeout is not None:
+                waits.append((state.last_heartbeat + act.heartbeat_timeout - now, "heartbeat"))
+            expired = [kind for left, kind in waits if left <= 0]
+            if expired:
+                state.cancelled = True
+                fut.cancel()
+                return Outcome(
+                    False,
+                    error=TimeoutError(
+                        f"activity {act.activity_type!r} attempt {act.attempt} hit its "
+                        f"{expired[0]} timeout",
+                        timeout_type=expired[0],
+                    ),
+                )
+            timeout = min(left for left, _ in waits) if waits else None
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+            if done:
+                break
+        try:
+            value = fut.result()
+        except asyncio.CancelledError:
+            return Outcome(False, error=ApplicationError("activity was cancelled",
+                                                         type="CancelledError"))
+        except Exception as exc:
+            return Outcome(False, error=exc)
+        try:
+            return Outcome(True, value=to_jsonable(value, what=f"result of {defn.name!r}"))
+        except TypeError as exc:
+            return Outcome(False, error=ApplicationError(str(exc), type="PayloadError",
+                                                         non_retryable=True))
+    except asyncio.CancelledError:
+        state.cancelled = True
+        fut.cancel()
+        raise
+
+
+async def _call_async(defn: ActivityDefinition, args: list[Any]) -> Any:
+    return await defn.fn(*args)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """After a failed attempt: give up (``final``), or retry at ``retry_at``."""
+
+    final: bool
+    timed_out: bool
+    failure: dict[str, Any]
+    retry_at: datetime | None = None
+
+
+def judge_failure(act: PendingActivity, error: BaseException) -> Verdict:
+    failure = failure_to_dict(error)
+    timed_out = isinstance(error, TimeoutError)
+    policy = act.retry
+    if isinstance(error, ApplicationError) and error.non_retryable:
+        return Verdict(True, timed_out, failure)
+    if policy.is_non_retryable(str(failure["type"])):
+        return Verdict(True, timed_out, failure)
+    if policy.attempts_exhausted(act.attempt):
+        return Verdict(True, timed_out, failure)
+    retry_at = utcnow() + timedelta(seconds=policy.delay_after(act.attempt))
+    if act.schedule_to_close is not None and retry_at >= act.scheduled_at + timedelta(
+        seconds=act.schedule_to_close
+    ):
+        error = TimeoutError(
+            f"activity {act.activity_type!r} ran out of its schedule_to_close timeout "
+            f"after {act.attempt} attempt(s)",
+            timeout_type="schedule_to_close",
+            cause=error,
+        )
+        return Verdict(True, True, failure_to_dict(error))
+    return Verdict(False, timed_out, failure, retry_at)

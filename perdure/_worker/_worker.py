@@ -1,0 +1,670 @@
+"""The worker: claims due runs, drives them step by step, runs their activities.
+
+A run is *held* by one worker at a time (a lease on its row, renewed in the
+background). While held, it stays in memory (the sticky cache): each step
+feeds new inputs to the live runner and commits the resulting events in one
+fenced transaction, so a run with 10,000 steps never replays to take one more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from enum import StrEnum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from perdure._activity_state import ActivityInfo
+from perdure._durations import Duration, to_seconds
+from perdure._errors import ApplicationError, NonDeterminismError
+from perdure._history import COMMAND_EVENTS, EventType, HistoryEvent
+from perdure._registry import ActivityDefinition
+from perdure._store._base import (
+    InboxItem,
+    NewTask,
+    RunClose,
+    RunRecord,
+    StepCommit,
+    StepRejected,
+    Store,
+    utcnow,
+)
+from perdure._worker._activities import PendingActivity, judge_failure, run_attempt
+from perdure._worker._run import HeldRun, Input
+from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
+
+if TYPE_CHECKING:
+    from perdure._app import App
+
+log = logging.getLogger("perdure.worker")
+
+_CLOSING = {
+    EventType.WORKFLOW_COMPLETED: "completed",
+    EventType.WORKFLOW_FAILED: "failed",
+    EventType.WORKFLOW_CANCELED: "canceled",
+}
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Worker:
+    """Runs workflows and activities of one App. Use ``async with app.worker(...)``."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        task_queues: list[str] | None = None,
+        max_concurrent_workflows: int = 1000,
+        max_concurrent_activities: int = 100,
+        lease_duration: Duration = "30s",
+        graceful_shutdown_timeout: Duration = "10s",
+        poll_interval: Duration = "200ms",
+    ) -> None:
+        if max_concurrent_workflows < 1 or max_concurrent_activities < 1:
+            raise ValueError("max_concurrent_workflows and max_concurrent_activities must be >= 1")
+        self.app = app
+        self.task_queues = list(task_queues or [app.default_task_queue])
+        self.max_concurrent_workflows = max_concurrent_workflows
+        self.max_concurrent_activities = max_concurrent_activities
+        self.lease_duration = to_seconds(lease_duration, what="lease_duration")
+        self.graceful_shutdown_timeout = to_seconds(
+            graceful_shutdown_timeout, what="graceful_shutdown_timeout"
+        )
+        self.poll_interval = to_seconds(poll_interval, what="poll_interval")
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.state = WorkerState.STOPPED
+        self.runs: dict[str, HeldRun] = {}
+        self._store: Store | None = None
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._activity_slots = asyncio.Semaphore(max_concurrent_activities)
+        self._pool: ThreadPoolExecutor | None = None
+        self._adopting: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "worker not started"
+        return self._store
+
+    async def start(self) -> None:
+        if self.state != WorkerState.STOPPED:
+            raise RuntimeError(f"worker is {self.state}")
+        self.state = WorkerState.STARTING
+        self._store = await self.app._get_store()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.max_concurrent_activities, thread_name_prefix="perdure-activity"
+        )
+        await self.store.register_worker(
+            worker_id=self.worker_id,
+            namespace=self.app.namespace,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            task_queues=self.task_queues,
+        )
+        types = list(self.app._registry.workflows)
+        if types:
+            await self.store.unpark_runs(self.app.namespace, types)
+        self.app._workers.add(self)
+        self.state = WorkerState.RUNNING
+        self._loops = [
+            asyncio.create_task(self._poll_loop(), name="perdure-poll"),
+            asyncio.create_task(self._lease_loop(), name="perdure-lease"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, let activities finish (up to the grace period), hand runs back."""
+        if self.state != WorkerState.RUNNING:
+            return
+        self.state = WorkerState.DRAINING
+        self.app._workers.discard(self)
+        poll = self._loops[0]
+        poll.cancel()
+        await asyncio.gather(poll, *self._adopting, return_exceptions=True)
+        running = [
+            a.task
+            for run in self.runs.values()
+            for a in run.activities.values()
+            if a.task is not None and a.state is not None and not a.task.done()
+        ]
+        if running:
+            await asyncio.wait(running, timeout=self.graceful_shutdown_timeout)
+        drains = [r.drain_task for r in self.runs.values() if r.drain_task is not None]
+        if drains:
+            await asyncio.wait(drains, timeout=self.graceful_shutdown_timeout)
+        for run in list(self.runs.values()):
+            await self._release(run)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        try:
+            await self.store.deregister_worker(self.worker_id)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            self.state = WorkerState.STOPPED
+
+    def wake(self) -> None:
+        """Something changed in the database: look for work now, not at the next poll."""
+        self._wake.set()
+
+    # -- background loops ------------------------------------------------
+    async def _poll_loop(self) -> None:
+        backoff = self.poll_interval
+        while self.state == WorkerState.RUNNING:
+            try:
+                self._wake.clear()
+                await self._claim()
+                await self._pull_inbox()
+                backoff = self.poll_interval
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %s: polling failed; retrying", self.worker_id)
+                backoff = min(backoff * 2, 5.0)
+            try:
+                await asyncio.wait_for(self._wake.wait(), backoff)
+            except TimeoutError:
+                pass
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_duration / 3)
+            try:
+                held = await self.store.renew_leases(
+                    self.worker_id, utcnow() + timedelta(seconds=self.lease_duration)
+                )
+                for run_id, run in list(self.runs.items()):
+                    if run_id not in held and not run.closed:
+                        log.warning("worker %s lost the lease of run %s", self.worker_id, run_id)
+                        self._forget(run)
+                await self._flush_heartbeats()
+                await self.store.register_worker(
+                    worker_id=self.worker_id,
+                    namespace=self.app.namespace,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    task_queues=self.task_queues,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %s: lease renewal failed", self.worker_id)
+
+    async def _flush_heartbeats(self) -> None:
+        for run in list(self.runs.values()):
+            for act in list(run.activities.values()):
+                state = act.state
+                if state is not None and state.dirty:
+                    state.dirty = False
+                    await self.store.save_heartbeat(
+                        run.run_id, act.activity_id, list(state.details)
+                    )
+
+    # -- claiming and adopting runs --------------------------------------
+    async def _claim(self) -> None:
+        capacity = self.max_concurrent_workflows - len(self.runs) - len(self._adopting)
+        types = list(self.app._registry.workflows)
+        if capacity <= 0 or not types:
+            return
+        records = await self.store.claim_runs(
+            namespace=self.app.namespace,
+            worker_id=self.worker_id,
+            task_queues=self.task_queues,
+            workflow_types=types,
+            limit=min(capacity, 256),
+            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
+        )
+        for record in records:
+            task = asyncio.create_task(self._adopt(record))
+            self._adopting.add(task)
+            task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, record: RunRecord) -> None:
+        """Bring a claimed run into memory: replay its history, resume what was pending."""
+        defn = self.app._registry.workflows[record.workflow_type]
+        parent = (
+            ParentInfo(workflow_id=record.parent_workflow_id, run_id=record.parent_run_id)
+            if record.parent_workflow_id and record.parent_run_id
+            else None
+        )
+        info = WorkflowInfo(
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            workflow_type=record.workflow_type,
+            task_queue=record.task_queue,
+            namespace=record.namespace,
+            parent=parent,
+        )
+        runner = WorkflowRunner(defn, info, self.app._registry)
+        try:
+            history = await self.store.load_history(record.run_id)
+            tasks = await self.store.load_tasks(record.run_id)
+            inbox = await self.store.load_run_inbox(record.run_id)
+            runner.replay(history)
+        except NonDeterminismError as exc:
+            log.error("%s", exc)
+            runner.evict()
+            await self.store.park_run(record.run_id, self.worker_id, str(exc))
+            return
+        except Exception:
+            log.exception("could not resume run %s; handing it back", record.run_id)
+            runner.evict()
+            await self.store.release_run(record.run_id, self.worker_id, utcnow())
+            return
+        run = HeldRun(record=record, runner=runner, next_seq=len(history) + 1)
+        self.runs[record.run_id] = run
+        if not history:
+            run.inputs.append(
+                Input(
+                    EventType.WORKFLOW_STARTED,
+                    record.workflow_type,
+                    {
+                        "args": record.input,
+                        "workflow_id": record.workflow_id,
+                        "run_id": record.run_id,
+                        "workflow_type": record.workflow_type,
+                        "task_queue": record.task_queue,
+                        "parent_workflow_id": record.parent_workflow_id,
+                        "parent_run_id": record.parent_run_id,
+                    },
+                )
+            )
+        for timer_id, (handle, _) in runner.pending_timers.items():
+            self._arm_timer(run, timer_id, datetime.fromtimestamp(handle.when(), tz=utcnow().tzinfo))
+        scheduled = {
+            int(e.attributes["activity_id"]): e
+            for e in history
+            if e.event_type == EventType.ACTIVITY_SCHEDULED
+        }
+        for task in tasks:
+            event = scheduled.get(task.activity_id)
+            if event is None:
+                continue
+            act = PendingActivity.from_scheduled(
+                event.attributes, event.name or task.activity_type, task.scheduled_at
+            )
+            act.attempt = task.attempt
+            act.visible_at = task.visible_at
+            act.heartbeat_details = task.heartbeat_details
+            run.activities[act.activity_id] = act
+            self._launch_activity(run, act)
+        self._take_inbox(run, inbox)
+        self._kick(run)
+
+    # -- inputs ----------------------------------------------------------
+    async def _pull_inbox(self) -> None:
+        if not self.runs:
+            return
+        items = await self.store.owned_inbox(self.worker_id)
+        by_run: dict[str, list[InboxItem]] = {}
+        for item in items:
+            by_run.setdefault(item.run_id, []).append(item)
+        for run_id, run_items in by_run.items():
+            run = self.runs.get(run_id)
+            if run is not None:
+                self._take_inbox(run, run_items)
+                self._kick(run)
+
+    def _take_inbox(self, run: HeldRun, items: list[InboxItem]) -> None:
+        for item in items:
+            if item.inbox_id in run.inbox_seen:
+                continue
+            run.inbox_seen.add(item.inbox_id)
+            if item.kind == "signal":
+                run.inputs.append(
+                    Input(
+                        EventType.SIGNAL_RECEIVED,
+                        item.name,
+                        {"args": item.payload},
+                        inbox_id=item.inbox_id,
+                    )
+                )
+            elif item.kind == "cancel":
+                run.inputs.append(
+                    Input(
+                        EventType.CANCEL_REQUESTED,
+                        None,
+                        {"reason": item.payload[0] if item.payload else None},
+                        inbox_id=item.inbox_id,
+                    )
+                )
+
+    def _kick(self, run: HeldRun) -> None:
+        run.last_used = asyncio.get_running_loop().time()
+        if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
+            run.drain_task = asyncio.create_task(self._drain(run))
+
+    async def _drain(self, run: HeldRun) -> None:
+        async with run.lock:
+            while run.inputs and not run.closed:
+                inputs, run.inputs = run.inputs, []
+                try:
+                    await self._step(run, inputs)
+                except StepRejected:
+                    log.info("run %s moved on elsewhere; dropping it", run.run_id)
+                    self._forget(run)
+                except NonDeterminismError as exc:
+                    log.error("%s; run parked until fixed code is deployed", exc)
+                    self._forget(run)
+                    await self.store.park_run(run.run_id, self.worker_id, str(exc))
+                except Exception:
+                    log.exception("step of run %s failed; handing the run back", run.run_id)
+                    self._forget(run)
+                    await self.store.release_run(run.run_id, self.worker_id, utcnow())
+
+    # -- one step --------------------------------------------------------
+    async def _step(self, run: HeldRun, inputs: list[Input]) -> None:
+        now = utcnow()
+        seq = run.next_seq
+        events: list[HistoryEvent] = []
+        consumed: list[int] = []
+        finished: list[int] = []
+        for inp in inputs:
+            if inp.inbox_id is not None:
+                consumed.append(inp.inbox_id)
+            if inp.finished_activity is not None:
+                finished.append(inp.finished_activity)
+            if run.runner.closed:
+                continue  # the run already ended in this step; later inputs are moot
+            event = HistoryEvent(
+                seq=seq,
+                event_type=inp.event_type,
+                name=inp.name,
+                attributes=inp.attributes,
+                created_at=now,
+            )
+            seq += 1
+            events.append(event)
+            for command in run.runner.feed(event):
+                events.append(
+                    HistoryEvent(
+                        seq=seq,
+                        event_type=command.event_type,
+                        name=command.name,
+                        attributes=command.attributes,
+                        created_at=now,
+                    )
+                )
+                seq += 1
+        plan = _plan(run, events, now)
+        finished += plan.canceled_activities
+        new_tasks = [t for t in plan.new_tasks if t.activity_id not in plan.canceled_activities]
+        finished = [a for a in finished if a not in {t.activity_id for t in plan.new_tasks}]
+        wake = _wake_after(run, plan, now)
+        await self.store.commit_step(
+            StepCommit(
+                namespace=run.record.namespace,
+                run_id=run.run_id,
+                worker_id=self.worker_id,
+                expected_seq=run.next_seq,
+                events=events,
+                new_tasks=new_tasks,
+                finished_tasks=finished,
+                consumed_inbox=consumed,
+                wake_at=wake,
+                lease_until=now + timedelta(seconds=self.lease_duration),
+                close=plan.close,
+            )
+        )
+        run.next_seq = seq
+        for inbox_id in consumed:
+            run.inbox_seen.discard(inbox_id)
+        self._apply(run, plan)
+
+    def _apply(self, run: HeldRun, plan: _Plan) -> None:
+        """Act on a committed step: start activities and timers, or let the run go."""
+        if plan.close is not None:
+            self._forget(run)
+            self.app._run_closed(run.run_id)
+            return
+        for timer_id in plan.canceled_timers:
+            entry = run.timers.pop(timer_id, None)
+            if entry is not None and entry[1] is not None:
+                entry[1].cancel()
+        for timer_id, fire_at in plan.new_timers:
+            if timer_id not in plan.canceled_timers:
+                self._arm_timer(run, timer_id, fire_at)
+        for activity_id in plan.canceled_activities:
+            act = run.activities.pop(activity_id, None)
+            if act is not None:
+                act.cancel()
+        for act in plan.new_activities:
+            if act.activity_id not in plan.canceled_activities:
+                run.activities[act.activity_id] = act
+                self._launch_activity(run, act)
+
+    def _forget(self, run: HeldRun) -> None:
+        if self.runs.get(run.run_id) is run:
+            del self.runs[run.run_id]
+        if not run.closed:
+            run.forget()
+
+    async def _release(self, run: HeldRun) -> None:
+        wake = run.wake_at()
+        self._forget(run)
+        if run.inputs:
+            wake = utcnow()
+        try:
+            await self.store.release_run(run.run_id, self.worker_id, wake)
+        except Exception:
+            log.exception("could not hand back run %s (its lease will expire)", run.run_id)
+
+    # -- timers ----------------------------------------------------------
+    def _arm_timer(self, run: HeldRun, timer_id: int, fire_at: datetime) -> None:
+        delay = max(0.0, (fire_at - utcnow()).total_seconds())
+        handle = asyncio.get_running_loop().call_later(
+            delay, self._timer_fired, run, timer_id
+        )
+        run.timers[timer_id] = (fire_at, handle)
+
+    def _timer_fired(self, run: HeldRun, timer_id: int) -> None:
+        entry = run.timers.pop(timer_id, None)
+        if entry is None or run.closed:
+            return
+        name = run.runner.pending_timers.get(timer_id, (None, None))[1]
+        run.inputs.append(Input(EventType.TIMER_FIRED, name, {"timer_id": timer_id}))
+        self._kick(run)
+
+    # -- activities ------------------------------------------------------
+    def _launch_activity(self, run: HeldRun, act: PendingActivity) -> None:
+        act.task = asyncio.create_task(self._run_activity(run, act))
+
+    def _activity_definition(self, run: HeldRun, activity_type: str) -> ActivityDefinition | None:
+        return self.app._registry.activities.get(activity_type) or run.runner.adhoc_activities.get(
+            activity_type
+        )
+
+    async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
+        try:
+            while not run.closed:
+                delay = (act.visible_at - utcnow()).total_seconds()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                defn = self._activity_definition(run, act.activity_type)
+                if defn is None:
+                    error: BaseException = ApplicationError(
+                        f"activity type {act.activity_type!r} is not registered on this worker",
+                        type="ActivityNotRegistered",
+                        non_retryable=True,
+                    )
+                    outcome_ok, value = False, None
+                else:
+                    async with self._activity_slots:
+                        outcome = await run_attempt(act, defn, self._info(run, act), self._pool_())
+                    outcome_ok, value = outcome.ok, outcome.value
+                    error = outcome.error if outcome.error is not None else RuntimeError()
+                if act.state is not None:
+                    act.heartbeat_details = list(act.state.details)
+                if outcome_ok:
+                    self._finish_activity(
+                        run,
+                        act,
+                        EventType.ACTIVITY_COMPLETED,
+                        {"result": value},
+                    )
+                    return
+                verdict = judge_failure(act, error)
+                if verdict.final:
+                    self._finish_activity(
+                        run,
+                        act,
+                        EventType.ACTIVITY_TIMED_OUT if verdict.timed_out else EventType.ACTIVITY_FAILED,
+                        {"error": verdict.failure},
+                    )
+                    return
+                assert verdict.retry_at is not None
+                act.attempt += 1
+                act.visible_at = verdict.retry_at
+                await self.store.retry_activity(
+                    run_id=run.run_id,
+                    activity_id=act.activity_id,
+                    worker_id=self.worker_id,
+                    attempt=act.attempt,
+                    visible_at=act.visible_at,
+                    heartbeat_details=act.heartbeat_details,
+                    last_failure=verdict.failure,
+                )
+        except asyncio.CancelledError:
+            pass
+        except StepRejected:
+            self._forget(run)
+        except Exception:
+            log.exception("activity %s of run %s crashed the worker loop", act.label, run.run_id)
+
+    def _finish_activity(
+        self, run: HeldRun, act: PendingActivity, event_type: str, attrs: dict[str, Any]
+    ) -> None:
+        if run.closed or run.activities.get(act.activity_id) is not act:
+            return
+        del run.activities[act.activity_id]
+        run.inputs.append(
+            Input(
+                event_type,
+                act.label,
+                {
+                    "activity_id": act.activity_id,
+                    "activity_type": act.activity_type,
+                    "attempt": act.attempt,
+                    **attrs,
+                },
+                finished_activity=act.activity_id,
+            )
+        )
+        self._kick(run)
+
+    def _info(self, run: HeldRun, act: PendingActivity) -> ActivityInfo:
+        return ActivityInfo(
+            namespace=run.record.namespace,
+            workflow_id=run.record.workflow_id,
+            run_id=run.run_id,
+            workflow_type=run.record.workflow_type,
+            activity_id=act.activity_id,
+            activity_type=act.activity_type,
+            attempt=act.attempt,
+            task_queue=run.record.task_queue,
+            scheduled_at=act.scheduled_at,
+            started_at=utcnow(),
+            heartbeat_details=tuple(act.heartbeat_details),
+        )
+
+    def _pool_(self) -> ThreadPoolExecutor:
+        assert self._pool is not None
+        return self._pool
+
+
+class _Plan:
+    """What a step's new command events ask the worker to do once committed."""
+
+    __slots__ = (
+        "canceled_activities",
+        "canceled_timers",
+        "close",
+        "new_activities",
+        "new_tasks",
+        "new_timers",
+    )
+
+    def __init__(self) -> None:
+        self.new_tasks: list[NewTask] = []
+        self.new_activities: list[PendingActivity] = []
+        self.canceled_activities: list[int] = []
+        self.new_timers: list[tuple[int, datetime]] = []
+        self.canceled_timers: list[int] = []
+        self.close: RunClose | None = None
+
+
+def _plan(run: HeldRun, events: list[HistoryEvent], now: datetime) -> _Plan:
+    plan = _Plan()
+    for event in events:
+        if event.event_type not in COMMAND_EVENTS:
+            continue
+        attrs = event.attributes
+        kind = event.event_type
+        if kind == EventType.ACTIVITY_SCHEDULED:
+            act = PendingActivity.from_scheduled(attrs, event.name or "", now)
+            plan.new_activities.append(act)
+            plan.new_tasks.append(
+                NewTask(
+                    activity_id=act.activity_id,
+                    activity_type=act.activity_type,
+                    task_queue=attrs.get("task_queue"),
+                    scheduled_at=now,
+                    visible_at=now,
+                )
+            )
+        elif kind == EventType.ACTIVITY_CANCELED:
+            plan.canceled_activities.append(int(attrs["activity_id"]))
+        elif kind == EventType.TIMER_STARTED:
+            plan.new_timers.append((int(attrs["timer_id"]), _parse_time(attrs["fire_at"])))
+        elif kind == EventType.TIMER_CANCELED:
+            plan.canceled_timers.append(int(attrs["timer_id"]))
+        elif kind in _CLOSING:
+            plan.close = RunClose(
+                status=_CLOSING[kind], result=attrs.get("result"), error=attrs.get("error")
+            )
+    return plan
+
+
+def _wake_after(run: HeldRun, plan: _Plan, now: datetime) -> datetime | None:
+    if plan.close is not None:
+        return None
+    times = [
+        fire_at for timer_id, (fire_at, _) in run.timers.items()
+        if timer_id not in plan.canceled_timers
+    ]
+    times += [fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers]
+    times += [
+        a.visible_at for a in run.activities.values() if a.activity_id not in plan.canceled_activities
+    ]
+    times += [now for a in plan.new_activities if a.activity_id not in plan.canceled_activities]
+    if run.inputs:
+        times.append(now)
+    return min(times) if times else None
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)

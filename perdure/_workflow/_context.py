@@ -1,0 +1,293 @@
+"""WorkflowContext: everything workflow code may do that touches the world."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+
+from perdure._converter import to_jsonable
+from perdure._durations import Duration, to_optional_seconds, to_seconds
+from perdure._history import Command, EventType
+from perdure._registry import ActivityDefinition, ActivityOptions, activity_definition
+from perdure._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _ReplayFilter(logging.Filter):
+    def __init__(self, runner: WorkflowRunner) -> None:
+        super().__init__()
+        self._runner = runner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._runner.replaying
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+class WorkflowContext:
+    """Handed to every workflow as its first argument; all awaitables are durable."""
+
+    def __init__(self, runner: WorkflowRunner) -> None:
+        self._runner = runner
+        logger = logging.getLogger(f"perdure.workflow.{runner.info.workflow_type}")
+        self.logger = logging.LoggerAdapter(
+            logger, {"workflow_id": runner.info.workflow_id, "run_id": runner.info.run_id}
+        )
+        self._replay_filter = _ReplayFilter(runner)
+        self.logger.logger.addFilter(self._replay_filter)
+
+    @property
+    def info(self) -> WorkflowInfo:
+        return self._runner.info
+
+    # -- activities ------------------------------------------------------
+    @overload
+    async def activity(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close_timeout: Duration | None = None,
+        schedule_to_close_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        task_queue: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def activity(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close_timeout: Duration | None = None,
+        schedule_to_close_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        task_queue: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def activity(
+        self,
+        fn: str,
+        *args: Any,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close_timeout: Duration | None = None,
+        schedule_to_close_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        task_queue: str | None = None,
+    ) -> Any: ...
+
+    async def activity(
+        self,
+        fn: Any,
+        *args: Any,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        start_to_close_timeout: Duration | None = None,
+        schedule_to_close_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+        task_queue: str | None = None,
+    ) -> Any:
+        """Run an activity and return its result; failures raise ``ActivityError``."""
+        runner = self._runner
+        defn = self._resolve_activity(fn)
+        overrides = ActivityOptions.build(
+            retry=retry,
+            start_to_close_timeout=start_to_close_timeout,
+            schedule_to_close_timeout=schedule_to_close_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            task_queue=task_queue,
+        )
+        options = overrides.merged_over(defn.options) if defn else overrides
+        activity_type = defn.name if defn else str(fn)
+        if defn is not None:
+            encoded = defn.signature.encode_args(args, kind="activity")
+        else:
+            encoded = [to_jsonable(a, what=f"argument of activity {activity_type!r}") for a in args]
+        activity_id = runner.new_id()
+        policy = options.retry or RetryPolicy()
+        runner.issue(
+            Command(
+                event_type=EventType.ACTIVITY_SCHEDULED,
+                name=name or activity_type,
+                attributes={
+                    "activity_id": activity_id,
+                    "activity_type": activity_type,
+                    "args": encoded,
+                    "task_queue": options.task_queue,
+                    "retry": policy.to_dict(),
+                    "start_to_close_timeout": options.start_to_close_timeout,
+                    "schedule_to_close_timeout": options.schedule_to_close_timeout,
+                    "heartbeat_timeout": options.heartbeat_timeout,
+                },
+            )
+        )
+        fut: asyncio.Future[Any] = runner.loop.create_future()
+        runner.pending_activities[activity_id] = fut
+        try:
+            raw = await fut
+        except asyncio.CancelledError:
+            if runner.pending_activities.pop(activity_id, None) is not None:
+                runner.issue(
+                    Command(
+                        event_type=EventType.ACTIVITY_CANCELED,
+                        name=name or activity_type,
+                        attributes={"activity_id": activity_id},
+                    )
+                )
+            raise
+        return defn.signature.decode_result(raw) if defn else raw
+
+    def _resolve_activity(self, fn: Any) -> ActivityDefinition | None:
+        runner = self._runner
+        defn = runner.registry.activity_for(fn)
+        if defn is not None or isinstance(fn, str):
+            return defn
+        if not callable(fn):
+            raise TypeError(f"ctx.activity() takes a function or an activity name, not {fn!r}")
+        defn = activity_definition(fn, None, ActivityOptions())
+        runner.adhoc_activities[defn.name] = defn
+        return defn
+
+    # -- timers and time -------------------------------------------------
+    async def sleep(self, duration: Duration, name: str | None = None) -> None:
+        """A durable timer: survives restarts of every worker."""
+        seconds = to_seconds(duration, what="sleep duration")
+        runner = self._runner
+        fut: asyncio.Future[None] = runner.loop.create_future()
+        handle = runner.start_timer(seconds, _set_result_unless_cancelled, (fut, None), None, name)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+    def now(self) -> datetime:
+        """The workflow's current time (UTC, timezone-aware), the same on every replay."""
+        return self._runner.now
+
+    def random(self) -> random.Random:
+        """A ``random.Random`` seeded per run: the same sequence on every replay."""
+        return self._runner.rng
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self._runner.rng.getrandbits(128), version=4)
+
+    async def side_effect(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` once and record its value; replays return the recorded value."""
+        runner = self._runner
+        marker_id = runner.new_id()
+        if runner.replaying:
+            recorded = runner.issue(
+                Command(
+                    event_type=EventType.MARKER_RECORDED,
+                    name="side_effect",
+                    attributes={"kind": "side_effect", "marker_id": marker_id},
+                )
+            )
+            assert recorded is not None
+            return cast(T, recorded.attributes.get("value"))
+        value = fn()
+        runner.issue(
+            Command(
+                event_type=EventType.MARKER_RECORDED,
+                name="side_effect",
+                attributes={
+                    "kind": "side_effect",
+                    "marker_id": marker_id,
+                    "value": to_jsonable(value, what="side_effect value"),
+                },
+            )
+        )
+        return value
+
+    # -- versioning ------------------------------------------------------
+    def patched(self, patch_id: str) -> bool:
+        """True for runs that reached this point with the patch deployed."""
+        return self._runner.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark a patch as the only path left; old markers still replay."""
+        self._runner.patched(patch_id, deprecated=True)
+
+    # -- signals, queries, conditions ------------------------------------
+    async def wait_for_signal(self, name: str, timeout: Duration | None = None) -> Any:
+        """The next payload of signal ``name`` (buffered if it came earlier); None on timeout."""
+        seconds = to_optional_seconds(timeout, what="timeout")
+        runner = self._runner
+        buffered = runner.signal_buffer.get(name)
+        if buffered:
+            return _signal_value(buffered.popleft())
+        fut: asyncio.Future[list[Any]] = runner.loop.create_future()
+        runner.signal_waiters.setdefault(name, collections.deque()).append(fut)
+        if seconds is None:
+            return _signal_value(await fut)
+        try:
+            return _signal_value(await asyncio.wait_for(fut, seconds))
+        except TimeoutError:
+            return None
+
+    def set_signal_handler(self, name: str, fn: Callable[..., Any]) -> None:
+        runner = self._runner
+        runner.signal_handlers[name] = fn
+        buffered = runner.signal_buffer.pop(name, None)
+        while buffered:
+            runner.call_handler(fn, buffered.popleft())
+
+    def set_query_handler(self, name: str, fn: Callable[..., Any]) -> None:
+        self._runner.query_handlers[name] = fn
+
+    def signal_handler(self, name: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self.set_signal_handler(name, fn)
+            return fn
+
+        return register
+
+    def query_handler(self, name: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self.set_query_handler(name, fn)
+            return fn
+
+        return register
+
+    async def wait_condition(self, fn: Callable[[], bool], timeout: Duration | None = None) -> bool:
+        """Resume when ``fn()`` is true; False if ``timeout`` passes first."""
+        seconds = to_optional_seconds(timeout, what="timeout")
+
+        if fn():
+            return True
+        fut: asyncio.Future[None] = self._runner.loop.create_future()
+        self._runner.conditions.append((fn, fut))
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _signal_value(args: list[Any]) -> Any:
+    if not args:
+        return None
+    if len(args) == 1:
+        return args[0]
+    return tuple(args)
