@@ -1,6 +1,6 @@
 """perdure: durable execution for Python that needs nothing but a SQL database."""
 
-from perdure import activity
+from perdure import activity, testing
 from perdure._app import App
 from perdure._client import WorkflowDescription, WorkflowHandle, WorkflowStatus
 from perdure._errors import (
@@ -52,4 +52,5 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowStatus",
     "activity",
+    "testing",
 ]

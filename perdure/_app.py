@@ -295,6 +295,7 @@ class App:
         name, defn = self._resolve_workflow(workflow)
         if defn is not None:
             encoded = defn.signature.encode_args(args, kind="workflow")
+            defn.signature.decode_args(encoded, kind="workflow")  # fail here, not in the worker
         else:
             encoded = [to_jsonable(a, what=f"argument of workflow {name!r}") for a in args]
         if id_reuse_policy not in ID_REUSE_POLICIES:

@@ -49,6 +49,19 @@ def dumps(value: Any, *, what: str = "value") -> str:
     return text
 
 
+def check_size(value: Any, *, what: str) -> None:
+    """Reject payloads over the limit (JSON values only: call after ``to_jsonable``)."""
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except ValueError as exc:
+        raise PayloadError(f"{what} are not valid JSON: {exc}") from None
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadError(
+            f"{what} are {size} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte limit; "
+            "store large data elsewhere and pass a reference"
+        )
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -77,8 +90,8 @@ def _hint_name(hint: Any) -> str:
 class Signature:
     """The parameters and return type of a workflow or activity function."""
 
-    def __init__(self, fn: Callable[..., Any], *, skip_first: bool) -> None:
-        self.name = getattr(fn, "__qualname__", repr(fn))
+    def __init__(self, fn: Callable[..., Any], *, skip_first: bool, name: str | None = None) -> None:
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
         sig = inspect.signature(fn)
         try:
             hints = typing.get_type_hints(fn)
@@ -107,6 +120,7 @@ class Signature:
         for i, value in enumerate(args):
             name = self.params[i].name if i < len(self.params) else f"#{i}"
             out.append(to_jsonable(value, what=f"argument {name!r} of {kind} {self.name!r}"))
+        check_size(out, what=f"the arguments of {kind} {self.name!r}")
         return out
 
     def decode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:

@@ -76,9 +76,8 @@ def workflow_definition(fn: Callable[..., Any], name: str | None) -> WorkflowDef
         raise TypeError(f"workflow {fn!r} must be an 'async def' function taking ctx first")
     if not inspect.signature(fn).parameters:
         raise TypeError(f"workflow {fn.__qualname__!r} must take a WorkflowContext first")
-    return WorkflowDefinition(
-        name=name or fn.__qualname__, fn=fn, signature=Signature(fn, skip_first=True)
-    )
+    name = name or fn.__qualname__
+    return WorkflowDefinition(name=name, fn=fn, signature=Signature(fn, skip_first=True, name=name))
 
 
 def activity_definition(
@@ -87,10 +86,11 @@ def activity_definition(
     if not callable(fn):
         raise TypeError(f"activity {fn!r} is not callable")
     qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    name = name or qualname
     return ActivityDefinition(
-        name=name or qualname,
+        name=name,
         fn=fn,
-        signature=Signature(fn, skip_first=False),
+        signature=Signature(fn, skip_first=False, name=name),
         options=options,
         is_async=inspect.iscoroutinefunction(fn),
     )

@@ -94,6 +94,7 @@ class InboxItem:
     name: str | None
     payload: list[Any]
     created_at: datetime
+    undecodable: str | None = None  # raw payload text that is not JSON
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -69,10 +69,11 @@ def _event_from_row(row: sqlite3.Row) -> HistoryEvent:
 
 
 def _inbox_from_row(row: sqlite3.Row) -> InboxItem:
+    undecodable = None
     try:
         payload = json.loads(row["payload"])
     except ValueError:
-        payload = {"__undecodable__": row["payload"]}
+        payload, undecodable = [], str(row["payload"])
     if not isinstance(payload, list):
         payload = [payload]
     return InboxItem(
@@ -82,6 +83,7 @@ def _inbox_from_row(row: sqlite3.Row) -> InboxItem:
         name=row["name"],
         payload=payload,
         created_at=parse(row["created_at"]),
+        undecodable=undecodable,
     )
 
 

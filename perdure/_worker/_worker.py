@@ -335,13 +335,18 @@ class Worker:
                 continue
             run.inbox_seen.add(item.inbox_id)
             if item.kind == "signal":
-                run.inputs.append(
-                    Input(
-                        EventType.SIGNAL_RECEIVED,
+                attrs: dict[str, Any] = {"args": item.payload}
+                if item.undecodable is not None:
+                    log.error(
+                        "signal %r for run %s has a payload that is not JSON; it is kept in "
+                        "the history and not delivered: %r",
                         item.name,
-                        {"args": item.payload},
-                        inbox_id=item.inbox_id,
+                        run.run_id,
+                        item.undecodable[:200],
                     )
+                    attrs["undecodable_payload"] = item.undecodable
+                run.inputs.append(
+                    Input(EventType.SIGNAL_RECEIVED, item.name, attrs, inbox_id=item.inbox_id)
                 )
             elif item.kind == "cancel":
                 run.inputs.append(

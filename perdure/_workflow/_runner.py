@@ -323,7 +323,7 @@ class WorkflowRunner:
             entry = self.pending_timers.pop(int(attrs["timer_id"]), None)
             if entry is not None:
                 entry[0].fire()
-        elif kind == EventType.SIGNAL_RECEIVED:
+        elif kind == EventType.SIGNAL_RECEIVED and "undecodable_payload" not in attrs:
             self._deliver_signal(str(event.name), list(attrs.get("args") or []))
         elif kind == EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
