@@ -12,6 +12,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
+from perdure._clock import Clock
 from perdure._client import WorkflowDescription, WorkflowHandle
 from perdure._converter import to_jsonable
 from perdure._durations import Duration, to_optional_seconds
@@ -73,6 +74,7 @@ class App:
         self._workers: set[Worker] = set()
         self._close_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._result_poll_interval = 0.5
+        self._clock = Clock()
         open_store(self.database_url)  # validate the URL now, not at first use
 
     def __repr__(self) -> str:

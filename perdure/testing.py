@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure._app import App
+from perdure._clock import Clock
 from perdure._errors import NonDeterminismError
 from perdure._history import EventType, HistoryEvent
 from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
@@ -21,11 +22,18 @@ from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 __all__ = ["new_app", "replay"]
 
 
-def new_app(**app_kwargs: Any) -> App:
-    """An App on a fresh temporary SQLite file (removed when the process exits)."""
+def new_app(*, time_skipping: bool = False, **app_kwargs: Any) -> App:
+    """An App on a fresh temporary SQLite file.
+
+    With ``time_skipping=True``, whenever every run its workers hold is blocked
+    on timers only, the clock jumps to the next timer: a workflow that sleeps
+    for 7 days finishes in milliseconds, and ``ctx.now()`` shows the 7 days.
+    """
     folder = tempfile.mkdtemp(prefix="perdure-test-")
     path = os.path.join(folder, "perdure.db")
-    return App(f"sqlite:///{path}", **app_kwargs)
+    app = App(f"sqlite:///{path}", **app_kwargs)
+    app._clock = Clock(skipping=time_skipping)
+    return app
 
 
 def _load(history: Sequence[HistoryEvent] | str | os.PathLike[str]) -> list[HistoryEvent]:

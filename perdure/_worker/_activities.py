@@ -16,7 +16,6 @@ from perdure._converter import to_jsonable
 from perdure._errors import ApplicationError, TimeoutError, failure_to_dict
 from perdure._registry import ActivityDefinition
 from perdure._retry import RetryPolicy
-from perdure._store._base import utcnow
 
 
 @dataclass(slots=True)
@@ -76,6 +75,7 @@ async def run_attempt(
     defn: ActivityDefinition,
     info: ActivityInfo,
     pool: ThreadPoolExecutor,
+    now: datetime,
 ) -> Outcome:
     """Run one attempt; never raises (except cancellation of the caller)."""
     state = ActivityState(info)
@@ -96,7 +96,7 @@ async def run_attempt(
     started = time.monotonic()
     remaining_s2c = None
     if act.schedule_to_close is not None:
-        remaining_s2c = act.schedule_to_close - (utcnow() - act.scheduled_at).total_seconds()
+        remaining_s2c = act.schedule_to_close - (now - act.scheduled_at).total_seconds()
     try:
         while True:
             now = time.monotonic()
@@ -155,7 +155,7 @@ class Verdict:
     retry_at: datetime | None = None
 
 
-def judge_failure(act: PendingActivity, error: BaseException) -> Verdict:
+def judge_failure(act: PendingActivity, error: BaseException, now: datetime) -> Verdict:
     failure = failure_to_dict(error)
     timed_out = isinstance(error, TimeoutError)
     policy = act.retry
@@ -165,7 +165,7 @@ def judge_failure(act: PendingActivity, error: BaseException) -> Verdict:
         return Verdict(True, timed_out, failure)
     if policy.attempts_exhausted(act.attempt):
         return Verdict(True, timed_out, failure)
-    retry_at = utcnow() + timedelta(seconds=policy.delay_after(act.attempt))
+    retry_at = now + timedelta(seconds=policy.delay_after(act.attempt))
     if act.schedule_to_close is not None and retry_at >= act.scheduled_at + timedelta(
         seconds=act.schedule_to_close
     ):

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,8 @@ class Worker:
         self._activity_slots = asyncio.Semaphore(max_concurrent_activities)
         self._pool: ThreadPoolExecutor | None = None
         self._adopting: set[asyncio.Task[None]] = set()
+        self.clock = app._clock
+        self._skip_check_pending = False
 
     # -- lifecycle -------------------------------------------------------
     async def __aenter__(self) -> Worker:
@@ -294,7 +296,7 @@ class Worker:
                 )
             )
         for timer_id, (handle, _) in runner.pending_timers.items():
-            self._arm_timer(run, timer_id, datetime.fromtimestamp(handle.when(), tz=utcnow().tzinfo))
+            self._arm_timer(run, timer_id, datetime.fromtimestamp(handle.when(), tz=UTC))
         scheduled = {
             int(e.attributes["activity_id"]): e
             for e in history
@@ -380,10 +382,11 @@ class Worker:
                     log.exception("step of run %s failed; handing the run back", run.run_id)
                     self._forget(run)
                     await self.store.release_run(run.run_id, self.worker_id, utcnow())
+        self._schedule_skip_check()
 
     # -- one step --------------------------------------------------------
     async def _step(self, run: HeldRun, inputs: list[Input]) -> None:
-        now = utcnow()
+        now = self.clock.now()
         seq = run.next_seq
         events: list[HistoryEvent] = []
         consumed: list[int] = []
@@ -431,7 +434,7 @@ class Worker:
                 finished_tasks=finished,
                 consumed_inbox=consumed,
                 wake_at=wake,
-                lease_until=now + timedelta(seconds=self.lease_duration),
+                lease_until=utcnow() + timedelta(seconds=self.lease_duration),
                 close=plan.close,
             )
         )
@@ -480,12 +483,40 @@ class Worker:
 
     # -- timers ----------------------------------------------------------
     def _arm_timer(self, run: HeldRun, timer_id: int, fire_at: datetime) -> None:
-        delay = max(0.0, (fire_at - utcnow()).total_seconds())
+        delay = max(0.0, (fire_at - self.clock.now()).total_seconds())
         handle = asyncio.get_running_loop().call_later(
             delay, self._timer_fired, run, timer_id
         )
         run.timers[timer_id] = (fire_at, handle)
+        self._schedule_skip_check()
 
+    def _schedule_skip_check(self) -> None:
+        if self.clock.skipping and not self._skip_check_pending:
+            self._skip_check_pending = True
+            asyncio.get_running_loop().call_later(0.02, self._maybe_skip_time)
+
+    def _maybe_skip_time(self) -> None:
+        """Time-skipping (tests): when every held run waits on timers only, fire the next."""
+        self._skip_check_pending = False
+        if self.state != WorkerState.RUNNING:
+            return
+        due: list[tuple[datetime, int, HeldRun]] = []
+        for run in self.runs.values():
+            busy = run.inputs or run.activities or (
+                run.drain_task is not None and not run.drain_task.done()
+            )
+            if busy or self._adopting:
+                self._schedule_skip_check()
+                return
+            due += [(fire_at, timer_id, run) for timer_id, (fire_at, _) in run.timers.items()]
+        if not due:
+            return
+        fire_at, timer_id, run = min(due, key=lambda d: d[0])
+        self.clock.advance_to(fire_at)
+        handle = run.timers[timer_id][1]
+        if handle is not None:
+            handle.cancel()
+        self._timer_fired(run, timer_id)
     def _timer_fired(self, run: HeldRun, timer_id: int) -> None:
         entry = run.timers.pop(timer_id, None)
         if entry is None or run.closed:
@@ -506,7 +537,7 @@ class Worker:
     async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
         try:
             while not run.closed:
-                delay = (act.visible_at - utcnow()).total_seconds()
+                delay = (act.visible_at - self.clock.now()).total_seconds()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 defn = self._activity_definition(run, act.activity_type)
@@ -519,7 +550,9 @@ class Worker:
                     outcome_ok, value = False, None
                 else:
                     async with self._activity_slots:
-                        outcome = await run_attempt(act, defn, self._info(run, act), self._pool_())
+                        outcome = await run_attempt(
+                            act, defn, self._info(run, act), self._pool_(), self.clock.now()
+                        )
                     outcome_ok, value = outcome.ok, outcome.value
                     error = outcome.error if outcome.error is not None else RuntimeError()
                 if act.state is not None:
@@ -532,7 +565,7 @@ class Worker:
                         {"result": value},
                     )
                     return
-                verdict = judge_failure(act, error)
+                verdict = judge_failure(act, error, self.clock.now())
                 if verdict.final:
                     self._finish_activity(
                         run,
@@ -592,7 +625,7 @@ class Worker:
             attempt=act.attempt,
             task_queue=run.record.task_queue,
             scheduled_at=act.scheduled_at,
-            started_at=utcnow(),
+            started_at=self.clock.now(),
             heartbeat_details=tuple(act.heartbeat_details),
         )
 
