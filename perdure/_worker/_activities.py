@@ -36,6 +36,7 @@ class PendingActivity:
     heartbeat_details: list[Any]
     task: asyncio.Task[None] | None = None
     state: ActivityState | None = None
+    in_attempt: bool = False
 
     @classmethod
     def from_scheduled(

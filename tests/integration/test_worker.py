@@ -1,0 +1,139 @@
+"""Worker behaviour: sticky cache, durable backoff, graceful shutdown, sharing work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import perdure
+from perdure import RetryPolicy, WorkflowContext
+
+
+async def test_sticky_cache_never_replays_on_the_hot_path(app: perdure.App) -> None:
+    @app.activity
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @app.workflow
+    async def counter(ctx: WorkflowContext, n: int) -> int:
+        x = 0
+        for _ in range(n):
+            x = await ctx.activity(inc, x)
+        return x
+
+    async with app.worker() as worker:
+        assert await app.execute_workflow(counter, 50) == 50
+    assert worker.stats.runs_adopted == 1
+    assert worker.stats.events_replayed == 0  # 50 steps, not one replayed event
+    assert worker.stats.steps_committed == 51
+
+
+async def test_retry_backoff_is_durable_across_worker_restarts(app: perdure.App) -> None:
+    attempts: list[tuple[int, float]] = []
+
+    @app.activity(retry=RetryPolicy(initial_interval="1500ms"))
+    async def flaky() -> int:
+        attempt = perdure.activity.info().attempt
+        attempts.append((attempt, time.monotonic()))
+        if attempt == 1:
+            raise ConnectionError("first attempt fails")
+        return attempt
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext) -> int:
+        return await ctx.activity(flaky)
+
+    async with app.worker():
+        handle = await app.start_workflow(wf)
+        while not attempts:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # the failure and its backoff are committed
+    # the worker is gone; the backoff lives in the database
+    assert (await handle.describe()).status == "running"
+    async with app.worker():
+        assert await handle.result(timeout=20) == 2
+    (a1, t1), (a2, t2) = attempts
+    assert (a1, a2) == (1, 2)
+    assert t2 - t1 >= 1.5
+
+
+async def test_graceful_shutdown_lets_activities_finish(app: perdure.App) -> None:
+    finished: list[str] = []
+
+    @app.activity
+    async def work(name: str) -> str:
+        await asyncio.sleep(0.5)
+        finished.append(name)
+        return name
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext) -> list[str]:
+        first = await ctx.activity(work, "first")
+        second = await ctx.activity(work, "second")
+        return [first, second]
+
+    async with app.worker(graceful_shutdown_timeout="5s"):
+        handle = await app.start_workflow(wf)
+        await asyncio.sleep(0.2)  # "first" is running when the block exits
+    assert finished == ["first"]
+    history = await handle.history()
+    assert [e.event_type for e in history].count("activity_completed") == 1
+    async with app.worker():
+        assert await handle.result(timeout=20) == ["first", "second"]
+    assert finished == ["first", "second"]
+
+
+async def test_shutdown_past_grace_hands_runs_back_at_once(app: perdure.App) -> None:
+    starts: list[float] = []
+
+    @app.activity
+    async def stubborn() -> str:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            await asyncio.sleep(30)
+        return "done"
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext) -> str:
+        return await ctx.activity(stubborn)
+
+    async with app.worker(graceful_shutdown_timeout="200ms", lease_duration="60s"):
+        handle = await app.start_workflow(wf)
+        while not starts:
+            await asyncio.sleep(0.02)
+    stopped = time.monotonic()
+    async with app.worker(lease_duration="60s"):
+        assert await handle.result(timeout=20) == "done"
+    # handed back at once: the new worker did not wait for the 60s lease to expire
+    assert starts[1] - stopped < 30
+
+
+async def test_two_workers_share_runs_and_each_completes_once(app: perdure.App) -> None:
+    ran: list[int] = []
+
+    @app.activity
+    async def job(i: int) -> int:
+        ran.append(i)
+        await asyncio.sleep(0.01)
+        return i
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext, i: int) -> int:
+        return await ctx.activity(job, i)
+
+    async with app.worker(max_concurrent_workflows=5) as w1, app.worker(
+        max_concurrent_workflows=5
+    ) as w2:
+        handles = [await app.start_workflow(wf, i) for i in range(40)]
+        results = [await h.result(timeout=30) for h in handles]
+    assert results == list(range(40))
+    assert sorted(ran) == list(range(40))
+    assert w1.stats.runs_adopted > 0 and w2.stats.runs_adopted > 0
+
+
+async def test_worker_state_machine(app: perdure.App) -> None:
+    worker = app.worker()
+    assert worker.state == "stopped"
+    async with worker:
+        assert worker.state == "running"
+    assert worker.state == "stopped"
