@@ -25,10 +25,14 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(sqlite_path(url))
     if scheme in ("postgresql", "postgres", "cockroachdb"):
-        raise ValueError(
-            f"{scheme} stores are not available in this version of perdure; "
-            "use a sqlite:/// URL"
-        )
+        try:
+            from perdure._store._cockroach import CockroachStore
+            from perdure._store._postgres import PostgresStore
+        except ImportError as exc:  # psycopg is an optional dependency
+            raise ValueError(
+                f"{scheme}:// URLs need psycopg: pip install 'perdure[postgres]' ({exc})"
+            ) from exc
+        return CockroachStore(url) if scheme == "cockroachdb" else PostgresStore(url)
     raise ValueError(
         f"unsupported database URL {url!r}: expected sqlite:///path.db, postgresql://... "
         "or cockroachdb://..."

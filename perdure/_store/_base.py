@@ -8,6 +8,7 @@ lease or a moved run becomes ``StepRejected``.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -249,3 +250,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def deregister_worker(self, worker_id: str) -> None: ...
+
+    # -- wake-ups (optional) -----------------------------------------------
+    async def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in this loop) whenever a run may have become due.
+
+        For a worker: ``await store.listen(self.wake)`` when it starts and
+        ``await store.unlisten(self.wake)`` when it stops. Returns once the
+        subscription is in place. Stores that cannot push wake-ups (the
+        default) do nothing, and workers find work by polling.
+        """
+        return None
+
+    async def unlisten(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        return None

@@ -1,0 +1,368 @@
+"""Connections for the PostgreSQL and CockroachDB stores.
+
+What is here and not in the store: parsing the URL, the pool, running a function as ONE
+transaction (retried when the database says it could not serialize it, SQLSTATE 40001),
+the LISTEN connection that pushes wake-ups, and group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache, partial
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection, errors, sql
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from perdure._store._queries import load_queries
+
+log = logging.getLogger("perdure.store")
+
+T = TypeVar("T")
+Conn = AsyncConnection[DictRow]
+Tx = Callable[[Conn], Awaitable[T]]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,50}")
+_QUALIFIED = re.compile(r"(?<![\w.\"])perdure\.(?=[a-z_])")
+# SQLSTATEs after which the whole transaction can simply run again.
+_RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
+_INJECT_40001 = (
+    "DO $$BEGIN RAISE EXCEPTION 'perdure test: injected serialization failure' "
+    "USING ERRCODE = 'serialization_failure'; END$$"
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """What a ``postgresql://`` / ``cockroachdb://`` URL says, split into ours and libpq's."""
+
+    conninfo: str
+    schema: str = "perdure"
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    group_commit: bool = True
+
+    @property
+    def channel(self) -> str:
+        return f"{self.schema}_wake"
+
+
+_OURS = {"schema", "pool_min_size", "pool_max_size", "group_commit"}
+
+
+def parse_url(url: str, *, default_port: int | None = None) -> Settings:
+    """Take perdure's own query parameters out of a database URL; libpq gets the rest.
+
+    ``postgresql://user:pw@host:5432/db?schema=jobs&pool_max_size=20&sslmode=require``
+    """
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in params if k in _OURS}
+    rest = [(k, v) for k, v in params if k not in _OURS]
+    netloc = parts.netloc
+    if default_port is not None and parts.hostname and parts.port is None:
+        netloc = f"{netloc}:{default_port}"
+    conninfo = urlunsplit(("postgresql", netloc, parts.path, urlencode(rest), parts.fragment))
+    schema = ours.get("schema", "perdure")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"schema {schema!r} in {url!r}: use lowercase letters, digits and underscores "
+            "(at most 51 characters, not starting with a digit)"
+        )
+    try:
+        min_size = int(ours.get("pool_min_size", 1))
+        max_size = int(ours.get("pool_max_size", max(10, min_size)))
+    except ValueError:
+        raise ValueError(f"pool_min_size and pool_max_size in {url!r} must be integers") from None
+    if not 0 <= min_size <= max_size or max_size < 1:
+        raise ValueError(
+            f"need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1: {url!r}"
+        )
+    group = ours.get("group_commit", "on").lower()
+    if group not in ("on", "off", "true", "false", "1", "0"):
+        raise ValueError(f"group_commit in {url!r} must be on or off")
+    return Settings(
+        conninfo=conninfo,
+        schema=schema,
+        pool_min_size=min_size,
+        pool_max_size=max_size,
+        group_commit=group in ("on", "true", "1"),
+    )
+
+
+def in_schema(text: str, schema: str) -> str:
+    """Point the ``perdure.`` names of a SQL text at another schema."""
+    return text if schema == "perdure" else _QUALIFIED.sub(f"{schema}.", text)
+
+
+@cache
+def dialect_queries(dialects: tuple[str, ...], schema: str) -> dict[str, str]:
+    """Named queries of the first dialect, overridden by the later ones, in ``schema``."""
+    merged: dict[str, str] = {}
+    for dialect in dialects:
+        merged.update(load_queries(dialect))
+    return {name: in_schema(text, schema) for name, text in merged.items()}
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a migration into statements (``$$`` bodies keep their semicolons)."""
+    statements: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for line in script.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current.append(line)
+        quoted ^= line.count("$$") % 2 == 1
+        if not quoted and line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip())
+            current = []
+    if "".join(current).strip():
+        statements.append("\n".join(current).strip())
+    return statements
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _RETRYABLE)
+
+
+class Database:
+    """A pool plus the transaction runner. Opened on first use, in the caller's loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_attempts: int = 30,
+        fault_rate: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.max_attempts = max_attempts
+        self.fault_rate = fault_rate  # tests: share of transactions made to fail with 40001
+        self.retries = 0
+        self.injected = 0
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    pool = AsyncConnectionPool(
+                        self.settings.conninfo,
+                        connection_class=AsyncConnection[DictRow],
+                        kwargs={"autocommit": True, "row_factory": dict_row},
+                        min_size=self.settings.pool_min_size,
+                        max_size=self.settings.pool_max_size,
+                        open=False,
+                        name="perdure",
+                    )
+                    await pool.open(wait=True, timeout=30)
+                    self._pool = pool
+        return self._pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def transaction(self, fn: Tx[T]) -> T:
+        """Run ``fn`` in one transaction; run it again (with backoff) on 40001/40P01."""
+
+        async def run(conn: Conn) -> T:
+            async with conn.transaction():
+                value = await fn(conn)
+                await self.maybe_fail(conn)
+            return value
+
+        return await self.retrying(run)
+
+    async def statement(self, fn: Tx[T]) -> T:
+        """Run ``fn``, which sends one statement: it commits on its own (autocommit)."""
+        if self.fault_rate:
+            return await self.transaction(fn)
+        return await self.retrying(fn)
+
+    async def read(self, fn: Tx[T]) -> T:
+        """Run ``fn`` outside a transaction block (each statement on its own)."""
+        return await self.retrying(fn)
+
+    async def maybe_fail(self, conn: Conn) -> None:
+        """Tests: make a share of transactions fail as CockroachDB's sometimes do."""
+        if self.fault_rate and random.random() < self.fault_rate:
+            self.injected += 1
+            await conn.execute(_INJECT_40001)
+
+    async def retrying(self, fn: Tx[T]) -> T:
+        """Call ``fn`` with a pooled connection, again on a serialization failure."""
+        pool = await self.pool()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except _RETRYABLE:
+                if attempt >= self.max_attempts:
+                    raise
+                self.retries += 1
+            await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
+
+
+class Listener:
+    """One LISTEN connection per store; calls every subscriber on each notification.
+
+    After a lost connection it reconnects (with backoff) and calls everyone once, since
+    notifications sent in between are gone.
+    """
+
+    def __init__(self, conninfo: str, channel: str) -> None:
+        self._conninfo = conninfo
+        self._channel = channel
+        self._callbacks: list[Callable[[], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.notifications = 0
+
+    async def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self._task is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="perdure-listen")
+        # Polling covers anything sent before LISTEN is in place; don't wait forever.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def remove(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+        if not self._callbacks:
+            await self.close()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _fire(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("wake-up callback failed")
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        first = True
+        while True:
+            try:
+                conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._ready.set()
+                    if not first:
+                        self._fire()
+                    first, backoff = False, 0.1
+                    async for _ in conn.notifies():
+                        self.notifications += 1
+                        self._fire()
+            except psycopg.Error as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+class GroupCommit:
+    """Queue concurrent writes of one statement; run each batch in ONE transaction.
+
+    A batch goes out pipelined (one round trip, one commit). The statement must not fail
+    in normal operation (the step statement reports a lost fence as 0 rows, not as an
+    error); if it does, the batch is rolled back and each write retried alone, so one bad
+    write cannot fail the others.
+    """
+
+    def __init__(self, db: Database, query: str, *, max_batch: int = 256) -> None:
+        self._db = db
+        self._query = query
+        self._max_batch = max_batch
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.transactions = 0
+        self.writes = 0
+
+    async def submit(self, params: dict[str, Any]) -> Any:
+        """The first column of the statement's first row, once it is committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((params, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="perdure-group-commit")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            params = [p for p, _ in batch]
+            try:
+                values = await self._db.retrying(partial(self._run, batch=params))
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc=exc)
+                else:
+                    await asyncio.gather(*(self._alone(p, f) for p, f in batch))
+                continue
+            self.transactions += 1
+            self.writes += len(batch)
+            for (_, future), value in zip(batch, values, strict=True):
+                _settle(future, value=value)
+
+    async def _run(self, conn: Conn, *, batch: list[dict[str, Any]]) -> list[Any]:
+        # BEGIN, the statements and COMMIT go out together: one round trip, one commit.
+        cursors = []
+        async with conn.pipeline(), conn.transaction():
+            for params in batch:
+                cur = conn.cursor()
+                await cur.execute(self._query, params)
+                cursors.append(cur)
+            await self._db.maybe_fail(conn)
+        values = []
+        for cur in cursors:
+            row = await cur.fetchone()
+            values.append(None if row is None else next(iter(row.values())))
+        return values
+
+    async def _alone(self, params: dict[str, Any], future: asyncio.Future[Any]) -> None:
+        try:
+            values = await self._db.retrying(partial(self._run, batch=[params]))
+        except Exception as exc:
+            _settle(future, exc=exc)
+        else:
+            self.transactions += 1
+            self.writes += 1
+            _settle(future, value=values[0])
+
+
+def _settle(
+    future: asyncio.Future[Any], *, value: Any = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)

@@ -1,0 +1,204 @@
+-- Named queries of the PostgreSQL store (psycopg %(name)s parameters; lists are arrays).
+-- The CockroachDB store uses these too, except the blocks that sql/cockroach/queries.sql
+-- overrides. Every "perdure." is replaced by the configured schema.
+
+-- name: insert_run
+INSERT INTO perdure.workflows (
+    run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
+    parent_workflow_id, parent_run_id, search_attributes, memo, wake_at, created_at
+) VALUES (
+    %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(task_queue)s, 'running',
+    %(input)s::jsonb, %(parent_workflow_id)s, %(parent_run_id)s, %(search_attributes)s::jsonb,
+    %(memo)s::jsonb, %(wake_at)s, %(created_at)s
+);
+
+-- name: latest_run
+SELECT * FROM perdure.workflows
+WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
+ORDER BY created_at DESC, run_id DESC LIMIT 1;
+
+-- name: running_run
+SELECT * FROM perdure.workflows
+WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running';
+
+-- name: get_run
+SELECT * FROM perdure.workflows WHERE run_id = %(run_id)s;
+
+-- name: claim_runs
+WITH due AS (
+    SELECT run_id FROM perdure.workflows
+    WHERE status = 'running' AND namespace = %(namespace)s
+      AND task_queue = ANY(%(task_queues)s::text[])
+      AND workflow_type = ANY(%(workflow_types)s::text[])
+      AND wake_at <= %(now)s AND parked_error IS NULL
+      AND (owner IS NULL OR lease_expires_at < %(now)s)
+    ORDER BY wake_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE perdure.workflows AS w SET owner = %(worker_id)s, lease_expires_at = %(lease_until)s
+FROM due WHERE w.run_id = due.run_id
+RETURNING w.*;
+
+-- name: load_history
+SELECT seq, event_type, name, attributes, created_at FROM perdure.history
+WHERE run_id = %(run_id)s ORDER BY seq;
+
+-- name: load_tasks
+SELECT * FROM perdure.tasks WHERE run_id = %(run_id)s ORDER BY activity_id;
+
+-- name: fence_step
+UPDATE perdure.workflows
+SET next_event_seq = %(next_event_seq)s, wake_at = %(wake_at)s::timestamptz,
+    lease_expires_at = %(lease_until)s::timestamptz,
+    owner = CASE WHEN %(release)s THEN NULL ELSE owner END
+WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
+  AND status = 'running';
+
+-- name: close_run
+UPDATE perdure.workflows
+SET status = %(status)s, result = %(result)s::jsonb, error = %(error)s::jsonb,
+    closed_at = %(closed_at)s, continued_run_id = %(continued_run_id)s, owner = NULL,
+    lease_expires_at = NULL, wake_at = NULL
+WHERE run_id = %(run_id)s;
+
+-- name: append_event
+INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+VALUES (%(run_id)s, %(seq)s, %(event_type)s, %(name)s, %(attributes)s, %(created_at)s);
+
+-- name: insert_task
+INSERT INTO perdure.tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, attempt, scheduled_at, visible_at
+) VALUES (
+    %(namespace)s, %(run_id)s, %(activity_id)s, %(activity_type)s, %(task_queue)s, 1,
+    %(scheduled_at)s, %(visible_at)s
+);
+
+-- name: delete_task
+DELETE FROM perdure.tasks WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s;
+
+-- name: delete_run_tasks
+DELETE FROM perdure.tasks WHERE run_id = %(run_id)s;
+
+-- name: delete_inbox
+DELETE FROM perdure.inbox WHERE inbox_id = %(inbox_id)s;
+
+-- name: retry_task
+UPDATE perdure.tasks
+SET attempt = %(attempt)s, visible_at = %(visible_at)s,
+    heartbeat_details = %(heartbeat_details)s::jsonb, last_failure = %(last_failure)s::jsonb
+WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s
+  AND EXISTS (SELECT 1 FROM perdure.workflows w
+              WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
+                AND w.status = 'running');
+
+-- name: save_heartbeat
+UPDATE perdure.tasks SET heartbeat_details = %(heartbeat_details)s::jsonb
+WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s;
+
+-- name: renew_leases
+UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
+WHERE owner = %(worker_id)s AND status = 'running'
+RETURNING run_id;
+
+-- name: release_run
+-- A message that arrived after the worker last read its inbox keeps the run due.
+UPDATE perdure.workflows AS w
+SET owner = NULL, lease_expires_at = NULL,
+    wake_at = CASE
+        WHEN EXISTS (SELECT 1 FROM perdure.inbox i
+                     WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
+                       AND (i.run_id IS NULL OR i.run_id = w.run_id))
+        THEN '1970-01-01 00:00:00+00'::timestamptz
+        ELSE %(wake_at)s::timestamptz
+    END
+WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s;
+
+-- name: park_run
+UPDATE perdure.workflows
+SET parked_error = %(parked_error)s, owner = NULL, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND owner = %(worker_id)s;
+
+-- name: unpark_runs
+UPDATE perdure.workflows SET parked_error = NULL, wake_at = %(now)s
+WHERE namespace = %(namespace)s AND status = 'running' AND parked_error IS NOT NULL
+  AND workflow_type = ANY(%(workflow_types)s::text[]);
+
+-- name: owned_inbox
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure.inbox i
+JOIN perdure.workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+WHERE w.owner = %(worker_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
+ORDER BY i.inbox_id;
+
+-- name: run_inbox
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure.inbox i
+JOIN perdure.workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+WHERE w.run_id = %(run_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
+ORDER BY i.inbox_id;
+
+-- name: insert_inbox
+INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload, created_at)
+VALUES (%(namespace)s, %(workflow_id)s, %(run_id)s, %(kind)s, %(name)s, %(payload)s::jsonb,
+        %(created_at)s);
+
+-- name: upsert_worker
+INSERT INTO perdure.workers (worker_id, namespace, hostname, pid, task_queues, started_at,
+                             heartbeat_at)
+VALUES (%(worker_id)s, %(namespace)s, %(hostname)s, %(pid)s, %(task_queues)s::jsonb, %(now)s,
+        %(now)s)
+ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: delete_worker
+DELETE FROM perdure.workers WHERE worker_id = %(worker_id)s;
+
+-- name: history_length
+SELECT next_event_seq - 1 AS n FROM perdure.workflows WHERE run_id = %(run_id)s;
+
+-- name: commit_step
+-- PostgreSQL only: a whole workflow step in ONE statement (one round trip). Every change
+-- below applies only if the fence matched; the statement returns how many rows it fenced
+-- (1, or 0 when the run is no longer ours). Closing a run deletes its tasks instead of
+-- adding any.
+WITH fence AS (
+    UPDATE perdure.workflows
+    SET next_event_seq = %(next_event_seq)s,
+        wake_at = CASE WHEN %(closing)s THEN NULL ELSE %(wake_at)s::timestamptz END,
+        lease_expires_at = CASE WHEN %(closing)s THEN NULL ELSE %(lease_until)s::timestamptz END,
+        owner = CASE WHEN %(closing)s OR %(release)s THEN NULL ELSE owner END,
+        status = CASE WHEN %(closing)s THEN %(status)s::text ELSE status END,
+        result = CASE WHEN %(closing)s THEN %(result)s::jsonb ELSE result END,
+        error = CASE WHEN %(closing)s THEN %(error)s::jsonb ELSE error END,
+        closed_at = CASE WHEN %(closing)s THEN %(closed_at)s::timestamptz ELSE closed_at END,
+        continued_run_id = CASE WHEN %(closing)s THEN %(continued_run_id)s::text
+                                ELSE continued_run_id END
+    WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
+      AND status = 'running'
+    RETURNING run_id
+), appended AS (
+    INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes::json, e.created_at
+    FROM fence, unnest(%(seqs)s::integer[], %(event_types)s::text[], %(names)s::text[],
+                       %(attributes)s::text[], %(created_ats)s::timestamptz[])
+                AS e(seq, event_type, name, attributes, created_at)
+), removed_tasks AS (
+    DELETE FROM perdure.tasks
+    WHERE run_id = %(run_id)s AND EXISTS (SELECT 1 FROM fence)
+      AND (%(closing)s OR activity_id = ANY(%(finished_tasks)s::integer[]))
+), added_tasks AS (
+    INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
+                               attempt, scheduled_at, visible_at)
+    SELECT %(namespace)s, fence.run_id, t.activity_id, t.activity_type, t.task_queue, 1,
+           t.scheduled_at, t.visible_at
+    FROM fence, unnest(%(task_ids)s::integer[], %(task_types)s::text[],
+                       %(task_queues)s::text[], %(task_scheduled)s::timestamptz[],
+                       %(task_visible)s::timestamptz[])
+                AS t(activity_id, activity_type, task_queue, scheduled_at, visible_at)
+    WHERE NOT %(closing)s
+), consumed AS (
+    DELETE FROM perdure.inbox
+    WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)
+)
+SELECT count(*) AS fenced FROM fence;
