@@ -12,8 +12,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from perdure._clock import Clock
 from perdure._client import WorkflowDescription, WorkflowHandle
+from perdure._clock import Clock
 from perdure._converter import to_jsonable
 from perdure._durations import Duration, to_optional_seconds
 from perdure._registry import (
@@ -85,7 +85,7 @@ class App:
     def workflow(self, fn: F, /) -> F: ...
 
     @overload
-    def workflow(self, *, name: str | None = None) -> Callable[[F], F]: ...
+    def workflow(self, fn: None = None, /, *, name: str | None = None) -> Callable[[F], F]: ...
 
     def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
         """Register an ``async def`` workflow; bare (``@app.workflow``) or called."""
@@ -102,6 +102,8 @@ class App:
     @overload
     def activity(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         retry: RetryPolicy | None = None,
@@ -244,9 +246,7 @@ class App:
         if isinstance(workflow, str):
             if self._registry.workflows:
                 known = ", ".join(sorted(self._registry.workflows))
-                raise ValueError(
-                    f"unknown workflow type {workflow!r}; this app registers: {known}"
-                )
+                raise ValueError(f"unknown workflow type {workflow!r}; this app registers: {known}")
             return workflow, None
         raise ValueError(
             f"{getattr(workflow, '__qualname__', workflow)!r} is not a registered workflow; "
@@ -311,8 +311,8 @@ class App:
                 f"got {id_conflict_policy!r}"
             )
         delay = to_optional_seconds(start_delay, what="start_delay") or 0.0
-        workflow_id = check_workflow_id(workflow_id) if workflow_id is not None else str(
-            uuid.uuid4()
+        workflow_id = (
+            check_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         )
         store = await self._get_store()
         run_id, _ = await store.start_run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -167,10 +166,3 @@ def _failed(rec: RunRecord) -> WorkflowFailedError:
         run_id=rec.run_id,
         status=rec.status,
     )
-
-
-async def sleep_until_closed(event: asyncio.Future[None], timeout: float) -> None:
-    try:
-        await asyncio.wait_for(asyncio.shield(event), timeout)
-    except TimeoutError:
-        pass

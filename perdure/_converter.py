@@ -90,7 +90,9 @@ def _hint_name(hint: Any) -> str:
 class Signature:
     """The parameters and return type of a workflow or activity function."""
 
-    def __init__(self, fn: Callable[..., Any], *, skip_first: bool, name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *, skip_first: bool, name: str | None = None
+    ) -> None:
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         sig = inspect.signature(fn)
         try:

@@ -134,11 +134,15 @@ class TerminatedError(PerdureError):
         self.reason = reason
 
 
-class TimeoutError(PerdureError, builtins.TimeoutError):  # noqa: A001 - part of the API
+class TimeoutError(PerdureError, builtins.TimeoutError):
     """A perdure timeout; still catchable as the builtin ``TimeoutError``."""
 
     def __init__(
-        self, message: str = "timed out", *, timeout_type: str = "", cause: BaseException | None = None
+        self,
+        message: str = "timed out",
+        *,
+        timeout_type: str = "",
+        cause: BaseException | None = None,
     ) -> None:
         super().__init__(message, cause=cause)
         self.timeout_type = timeout_type

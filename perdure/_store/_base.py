@@ -16,7 +16,7 @@ from typing import Any
 from perdure._history import HistoryEvent
 
 
-class StepRejected(Exception):  # noqa: N818 - internal control flow, not an error for users
+class StepRejected(Exception):
     """The run is no longer ours (lease lost, or another writer moved it on)."""
 
 

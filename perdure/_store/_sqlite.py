@@ -225,7 +225,9 @@ class SQLiteStore(Store):
 
     async def load_history(self, run_id: str) -> list[HistoryEvent]:
         def read(conn: sqlite3.Connection) -> list[HistoryEvent]:
-            return [_event_from_row(r) for r in conn.execute(_Q["load_history"], {"run_id": run_id})]
+            return [
+                _event_from_row(r) for r in conn.execute(_Q["load_history"], {"run_id": run_id})
+            ]
 
         return await self.db.read(read)
 
@@ -301,7 +303,9 @@ class SQLiteStore(Store):
                     scheduled_at=parse(r["scheduled_at"]),
                     visible_at=parse(r["visible_at"]),
                     heartbeat_details=json.loads(r["heartbeat_details"]),
-                    last_failure=None if r["last_failure"] is None else json.loads(r["last_failure"]),
+                    last_failure=None
+                    if r["last_failure"] is None
+                    else json.loads(r["last_failure"]),
                 )
                 for r in conn.execute(_Q["load_tasks"], {"run_id": run_id})
             ]
@@ -341,9 +345,7 @@ class SQLiteStore(Store):
                 _Q["append_event"], [_event_params(step.run_id, e) for e in step.events]
             )
             for activity_id in step.finished_tasks:
-                conn.execute(
-                    _Q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id}
-                )
+                conn.execute(_Q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id})
             conn.executemany(
                 _Q["insert_task"],
                 [
@@ -450,7 +452,9 @@ class SQLiteStore(Store):
         await self.db.write(lambda conn: conn.execute(_Q["upsert_worker"], params))
 
     async def deregister_worker(self, worker_id: str) -> None:
-        await self.db.write(lambda conn: conn.execute(_Q["delete_worker"], {"worker_id": worker_id}))
+        await self.db.write(
+            lambda conn: conn.execute(_Q["delete_worker"], {"worker_id": worker_id})
+        )
 
 
 def _terminate(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:

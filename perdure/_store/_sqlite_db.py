@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -71,10 +71,10 @@ class SQLiteThread:
                 self._thread.start()
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._submit(fn, write=False)
+        return cast(T, await self._submit(fn, write=False))
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._submit(fn, write=True)
+        return cast(T, await self._submit(fn, write=True))
 
     async def _submit(self, fn: Op, *, write: bool) -> Any:
         self._ensure_started()

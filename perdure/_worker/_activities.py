@@ -87,8 +87,9 @@ async def run_attempt(
     try:
         args = defn.signature.decode_args(act.args, kind="activity")
     except Exception as exc:
-        return Outcome(False, error=ApplicationError(str(exc), type=type(exc).__name__,
-                                                     non_retryable=True))
+        return Outcome(
+            False, error=ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+        )
     fut: asyncio.Future[Any]
     if defn.is_async:
         fut = loop.create_task(_call_async(defn, args), context=ctx)
@@ -100,14 +101,14 @@ async def run_attempt(
         remaining_s2c = act.schedule_to_close - (now - act.scheduled_at).total_seconds()
     try:
         while True:
-            now = time.monotonic()
+            tick = time.monotonic()
             waits: list[tuple[float, str]] = []
             if act.start_to_close is not None:
-                waits.append((started + act.start_to_close - now, "start_to_close"))
+                waits.append((started + act.start_to_close - tick, "start_to_close"))
             if remaining_s2c is not None:
-                waits.append((started + remaining_s2c - now, "schedule_to_close"))
+                waits.append((started + remaining_s2c - tick, "schedule_to_close"))
             if act.heartbeat_timeout is not None:
-                waits.append((state.last_heartbeat + act.heartbeat_timeout - now, "heartbeat"))
+                waits.append((state.last_heartbeat + act.heartbeat_timeout - tick, "heartbeat"))
             expired = [kind for left, kind in waits if left <= 0]
             if expired:
                 state.cancelled = True
@@ -127,15 +128,17 @@ async def run_attempt(
         try:
             value = fut.result()
         except asyncio.CancelledError:
-            return Outcome(False, error=ApplicationError("activity was cancelled",
-                                                         type="CancelledError"))
+            return Outcome(
+                False, error=ApplicationError("activity was cancelled", type="CancelledError")
+            )
         except Exception as exc:
             return Outcome(False, error=exc)
         try:
             return Outcome(True, value=to_jsonable(value, what=f"result of {defn.name!r}"))
         except TypeError as exc:
-            return Outcome(False, error=ApplicationError(str(exc), type="PayloadError",
-                                                         non_retryable=True))
+            return Outcome(
+                False, error=ApplicationError(str(exc), type="PayloadError", non_retryable=True)
+            )
     except asyncio.CancelledError:
         state.cancelled = True
         fut.cancel()

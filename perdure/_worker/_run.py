@@ -49,8 +49,10 @@ class HeldRun:
         return min(times) if times else None
 
     def idle(self) -> bool:
-        return not self.inputs and not self.activities and (
-            self.drain_task is None or self.drain_task.done()
+        return (
+            not self.inputs
+            and not self.activities
+            and (self.drain_task is None or self.drain_task.done())
         )
 
     def forget(self) -> None:

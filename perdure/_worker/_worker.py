@@ -13,8 +13,8 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("perdure.worker")
 
-_CLOSING = {
+_CLOSING: dict[str, str] = {
     EventType.WORKFLOW_COMPLETED: "completed",
     EventType.WORKFLOW_FAILED: "failed",
     EventType.WORKFLOW_CANCELED: "canceled",
@@ -502,9 +502,7 @@ class Worker:
     # -- timers ----------------------------------------------------------
     def _arm_timer(self, run: HeldRun, timer_id: int, fire_at: datetime) -> None:
         delay = max(0.0, (fire_at - self.clock.now()).total_seconds())
-        handle = asyncio.get_running_loop().call_later(
-            delay, self._timer_fired, run, timer_id
-        )
+        handle = asyncio.get_running_loop().call_later(delay, self._timer_fired, run, timer_id)
         run.timers[timer_id] = (fire_at, handle)
         self._schedule_skip_check()
 
@@ -520,8 +518,10 @@ class Worker:
             return
         due: list[tuple[datetime, int, HeldRun]] = []
         for run in self.runs.values():
-            busy = run.inputs or run.activities or (
-                run.drain_task is not None and not run.drain_task.done()
+            busy = (
+                run.inputs
+                or run.activities
+                or (run.drain_task is not None and not run.drain_task.done())
             )
             if busy or self._adopting:
                 self._schedule_skip_check()
@@ -535,6 +535,7 @@ class Worker:
         if handle is not None:
             handle.cancel()
         self._timer_fired(run, timer_id)
+
     def _timer_fired(self, run: HeldRun, timer_id: int) -> None:
         entry = run.timers.pop(timer_id, None)
         if entry is None or run.closed:
@@ -595,7 +596,9 @@ class Worker:
                     self._finish_activity(
                         run,
                         act,
-                        EventType.ACTIVITY_TIMED_OUT if verdict.timed_out else EventType.ACTIVITY_FAILED,
+                        EventType.ACTIVITY_TIMED_OUT
+                        if verdict.timed_out
+                        else EventType.ACTIVITY_FAILED,
                         {"error": verdict.failure},
                     )
                     return
@@ -716,12 +719,17 @@ def _wake_after(run: HeldRun, plan: _Plan, now: datetime) -> datetime | None:
     if plan.close is not None:
         return None
     times = [
-        fire_at for timer_id, (fire_at, _) in run.timers.items()
+        fire_at
+        for timer_id, (fire_at, _) in run.timers.items()
         if timer_id not in plan.canceled_timers
     ]
-    times += [fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers]
     times += [
-        a.visible_at for a in run.activities.values() if a.activity_id not in plan.canceled_activities
+        fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers
+    ]
+    times += [
+        a.visible_at
+        for a in run.activities.values()
+        if a.activity_id not in plan.canceled_activities
     ]
     times += [now for a in plan.new_activities if a.activity_id not in plan.canceled_activities]
     if run.inputs:

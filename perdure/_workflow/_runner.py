@@ -60,10 +60,7 @@ class WorkflowInfo:
 
 
 def is_patch_marker(event: HistoryEvent) -> bool:
-    return (
-        event.event_type == EventType.MARKER_RECORDED
-        and event.attributes.get("kind") == "patch"
-    )
+    return event.event_type == EventType.MARKER_RECORDED and event.attributes.get("kind") == "patch"
 
 
 @dataclass(slots=True)
@@ -74,15 +71,13 @@ class _Activation:
 
 
 class WorkflowRunner:
-    def __init__(
-        self, defn: WorkflowDefinition, info: WorkflowInfo, registry: Registry
-    ) -> None:
+    def __init__(self, defn: WorkflowDefinition, info: WorkflowInfo, registry: Registry) -> None:
         from perdure._workflow._context import WorkflowContext
 
         self.defn = defn
         self.info = info
         self.registry = registry
-        self.loop = WorkflowLoop(self._timer_factory)
+        self.loop = WorkflowLoop(self._timer_factory)  # type: ignore[abstract]
         self.ctx = WorkflowContext(self)
         self.rng = random.Random(info.run_id)
         self.now = datetime.now(UTC)
@@ -109,7 +104,9 @@ class WorkflowRunner:
     def replaying(self) -> bool:
         return self._activation is not None and self._activation.expected is not None
 
-    def feed(self, event: HistoryEvent, recorded: list[HistoryEvent] | None = None) -> list[Command]:
+    def feed(
+        self, event: HistoryEvent, recorded: list[HistoryEvent] | None = None
+    ) -> list[Command]:
         """Deliver one input event, run to quiescence, return the new commands.
 
         With ``recorded`` (replay) the commands must equal the recorded ones;
@@ -176,7 +173,7 @@ class WorkflowRunner:
             task.cancel()
         try:
             self.loop.run_once()
-        except BaseException:  # noqa: BLE001 - best effort while throwing away
+        except BaseException:
             pass
         self.loop.close()
 
@@ -198,9 +195,13 @@ class WorkflowRunner:
         if expected is None:
             activation.commands.append(command)
             return None
-        while expected and is_patch_marker(expected[0]) and not (
-            command.event_type == EventType.MARKER_RECORDED
-            and command.attributes.get("kind") == "patch"
+        while (
+            expected
+            and is_patch_marker(expected[0])
+            and not (
+                command.event_type == EventType.MARKER_RECORDED
+                and command.attributes.get("kind") == "patch"
+            )
         ):
             expected.popleft()
         if not expected:
@@ -275,7 +276,9 @@ class WorkflowRunner:
             return
         self.issue(
             Command(
-                event_type=EventType.TIMER_CANCELED, name=entry[1], attributes={"timer_id": timer_id}
+                event_type=EventType.TIMER_CANCELED,
+                name=entry[1],
+                attributes={"timer_id": timer_id},
             )
         )
 

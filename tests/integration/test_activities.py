@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -102,7 +103,7 @@ async def test_retries_with_backoff_until_success(app: perdure.App) -> None:
         handle = await app.start_workflow(wf)
         assert await handle.result(timeout=20) == "ok"
     assert [a for a, _ in attempts] == [1, 2, 3, 4]
-    gaps = [b - a for (_, a), (_, b) in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(attempts)]
     # backoff doubles: 0.1s, 0.2s, 0.4s (lower bounds only: machines are noisy)
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39
     completed = [e for e in await handle.history() if e.event_type == "activity_completed"]
@@ -139,13 +140,17 @@ class ValidationError(Exception):
 async def test_non_retryable_error_fails_the_workflow(app: perdure.App, how: str) -> None:
     calls = 0
 
-    @app.activity(retry=RetryPolicy(initial_interval="10ms", non_retryable_errors=["ValidationError"]))
+    @app.activity(
+        retry=RetryPolicy(initial_interval="10ms", non_retryable_errors=["ValidationError"])
+    )
     async def validate(order: dict[str, int]) -> None:
         nonlocal calls
         calls += 1
         if how == "by_class_name":
             raise ValidationError(f"bad quantity {order['qty']}")
-        raise ApplicationError("card declined", {"code": 51}, type="CardDeclined", non_retryable=True)
+        raise ApplicationError(
+            "card declined", {"code": 51}, type="CardDeclined", non_retryable=True
+        )
 
     @app.workflow
     async def wf(ctx: WorkflowContext) -> None:
@@ -164,7 +169,11 @@ async def test_non_retryable_error_fails_the_workflow(app: perdure.App, how: str
     if how == "by_class_name":
         assert (root.type, root.message) == ("ValidationError", "bad quantity -1")
     else:
-        assert (root.type, root.message, root.details) == ("CardDeclined", "card declined", ({"code": 51},))
+        assert (root.type, root.message, root.details) == (
+            "CardDeclined",
+            "card declined",
+            ({"code": 51},),
+        )
     assert (await handle.describe()).status == "failed"
 
 

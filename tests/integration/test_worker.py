@@ -121,9 +121,10 @@ async def test_two_workers_share_runs_and_each_completes_once(app: perdure.App) 
     async def wf(ctx: WorkflowContext, i: int) -> int:
         return await ctx.activity(job, i)
 
-    async with app.worker(max_concurrent_workflows=5) as w1, app.worker(
-        max_concurrent_workflows=5
-    ) as w2:
+    async with (
+        app.worker(max_concurrent_workflows=5) as w1,
+        app.worker(max_concurrent_workflows=5) as w2,
+    ):
         handles = [await app.start_workflow(wf, i) for i in range(40)]
         results = [await h.result(timeout=30) for h in handles]
     assert results == list(range(40))
