@@ -1,0 +1,151 @@
+"""Driving the installed ``perdure`` command line in subprocesses (used by the acceptance tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TIMEOUT = 60  # seconds; every subprocess wait is bounded
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERDURE_")}
+    env["NO_COLOR"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Cli:
+    """Runs ``python -m perdure ...`` with a database and a working directory."""
+
+    cwd: Path
+    env: Mapping[str, str]
+
+    def __call__(
+        self, *args: str, timeout: float = TIMEOUT, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "perdure", *args],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str) -> str:
+        proc = self(*args)
+        assert proc.returncode == 0, f"perdure {' '.join(args)} failed:\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr
+        return proc.stdout
+
+
+class WorkerProcess:
+    """``perdure worker ...`` in a subprocess; stopped with SIGTERM."""
+
+    def __init__(self, cli: Cli, *args: str, log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perdure", "worker", *args],
+            cwd=cli.cwd,
+            env=dict(cli.env),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while "perdure worker ready" not in self.output():
+            if self.proc.poll() is not None:
+                self.close()
+                pytest.fail(f"worker exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"worker not ready within {timeout}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"worker did not stop within {TIMEOUT}s:\n{self.output()}")
+        self.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        if not self._log_file.closed:
+            self._log_file.close()
+
+
+APP_MODULE = '''
+"""A small app for the command-line tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perdure import App, RetryPolicy, WorkflowContext
+
+app = App()  # PERDURE_DATABASE_URL
+
+
+@app.activity
+async def greet(name: str) -> str:
+    return f"Hello, {name}!"
+
+
+@app.activity(retry=RetryPolicy(maximum_attempts=1))
+async def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.workflow
+async def hello(ctx: WorkflowContext, name: str) -> str:
+    return await ctx.activity(greet, name)
+
+
+@app.workflow(name="add")
+async def add(ctx: WorkflowContext, a: int, b: int, extra: dict[str, Any]) -> dict[str, Any]:
+    await ctx.sleep("10ms")
+    return {"sum": a + b, **extra}
+
+
+@app.workflow(name="boom")
+async def boom(ctx: WorkflowContext, message: str) -> None:
+    await ctx.activity(explode, message)
+
+
+@app.workflow(name="waiter")
+async def waiter(ctx: WorkflowContext, signal_name: str) -> Any:
+    return await ctx.wait_for_signal(signal_name, timeout="10m")
+'''
+
+
+def write_app_module(folder: Path, name: str = "wfapp", source: str = APP_MODULE) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
