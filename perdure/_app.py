@@ -24,7 +24,10 @@ from perdure._registry import (
 )
 from perdure._retry import RetryPolicy
 from perdure._store import open_store
-from perdure._store._base import ListFilter, NewRun, Store, utcnow
+from perdure._errors import NonDeterminismError, QueryFailedError, QueryRejectedError
+from perdure._history import HistoryEvent
+from perdure._store._base import ListFilter, NewRun, RunRecord, Store, utcnow
+from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 from perdure._worker._worker import Worker
 
 P = ParamSpec("P")
@@ -219,6 +222,45 @@ class App:
         for worker in self._workers:
             worker.wake()
 
+    def _live_runner(self, run_id: str) -> WorkflowRunner | None:
+        for worker in self._workers:
+            run = worker.runs.get(run_id)
+            if run is not None and not run.closed:
+                return run.runner
+        return None
+
+    def _replay_for_query(self, rec: RunRecord, history: list[HistoryEvent]) -> WorkflowRunner:
+        defn = self._registry.workflows.get(rec.workflow_type)
+        if defn is None:
+            raise QueryRejectedError(
+                f"cannot answer queries for workflow type {rec.workflow_type!r}: it is not "
+                "registered on this app"
+            )
+        if not history:
+            raise QueryRejectedError(
+                f"workflow {rec.workflow_id!r} has not started running yet; no handlers exist"
+            )
+        info = WorkflowInfo(
+            workflow_id=rec.workflow_id,
+            run_id=rec.run_id,
+            workflow_type=rec.workflow_type,
+            task_queue=rec.task_queue,
+            namespace=rec.namespace,
+        )
+        runner = WorkflowRunner(defn, info, self._registry)
+        try:
+            runner.replay(history)
+        except NonDeterminismError as exc:
+            runner.evict()
+            raise QueryFailedError(f"cannot answer: {exc}", cause=exc) from exc
+        return runner
+
+    def _reply_ready(self, reply_id: str) -> None:
+        self._run_closed(reply_id)
+
+    async def _wait_reply(self, reply_id: str, timeout: float) -> None:
+        await self._wait_closed(reply_id, timeout)
+
     def _run_closed(self, run_id: str) -> None:
         for fut in self._close_waiters.pop(run_id, []):
             if not fut.done():
@@ -294,6 +336,36 @@ class App:
         memo: dict[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run and return its handle (nothing waits for it to run)."""
+        new_run, result_type = self._new_run(
+            workflow,
+            args,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy=id_reuse_policy,
+            id_conflict_policy=id_conflict_policy,
+            start_delay=start_delay,
+            search_attributes=search_attributes,
+            memo=memo,
+        )
+        store = await self._get_store()
+        run_id, _ = await store.start_run(new_run)
+        self._wake_workers()
+        return WorkflowHandle(self, new_run.workflow_id, run_id, result_type=result_type)
+
+    def _new_run(
+        self,
+        workflow: Any,
+        args: tuple[Any, ...],
+        *,
+        workflow_id: str | None,
+        task_queue: str | None,
+        id_reuse_policy: str,
+        id_conflict_policy: str,
+        start_delay: Duration | None,
+        search_attributes: dict[str, Any] | None,
+        memo: dict[str, Any] | None,
+    ) -> tuple[NewRun, Any]:
+        """Check everything about a start before anything is written."""
         name, defn = self._resolve_workflow(workflow)
         if defn is not None:
             encoded = defn.signature.encode_args(args, kind="workflow")
@@ -314,26 +386,20 @@ class App:
         workflow_id = (
             check_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
         )
-        store = await self._get_store()
-        run_id, _ = await store.start_run(
-            NewRun(
-                namespace=self.namespace,
-                workflow_id=workflow_id,
-                run_id=str(uuid.uuid4()),
-                workflow_type=name,
-                task_queue=task_queue or self.default_task_queue,
-                input=encoded,
-                wake_at=utcnow() + timedelta(seconds=delay),
-                id_reuse_policy=id_reuse_policy,
-                id_conflict_policy=id_conflict_policy,
-                search_attributes=dict(to_jsonable(search_attributes or {})),
-                memo=dict(to_jsonable(memo or {})),
-            )
+        new_run = NewRun(
+            namespace=self.namespace,
+            workflow_id=workflow_id,
+            run_id=str(uuid.uuid4()),
+            workflow_type=name,
+            task_queue=task_queue or self.default_task_queue,
+            input=encoded,
+            wake_at=utcnow() + timedelta(seconds=delay),
+            id_reuse_policy=id_reuse_policy,
+            id_conflict_policy=id_conflict_policy,
+            search_attributes=dict(to_jsonable(search_attributes or {})),
+            memo=dict(to_jsonable(memo or {})),
         )
-        self._wake_workers()
-        return WorkflowHandle(
-            self, workflow_id, run_id, result_type=defn.signature.return_hint if defn else Any
-        )
+        return new_run, defn.signature.return_hint if defn else Any
 
     @overload
     async def execute_workflow(
@@ -347,6 +413,35 @@ class App:
         """Start a workflow and wait for its result."""
         handle = await self.start_workflow(workflow, *args, **options)
         return await handle.result()
+
+    async def signal_with_start(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str,
+        signal: str,
+        signal_args: list[Any] | tuple[Any, ...] = (),
+        task_queue: str | None = None,
+        search_attributes: dict[str, Any] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> WorkflowHandle[Any]:
+        """Signal the running workflow with this id, starting it first if none runs."""
+        new_run, result_type = self._new_run(
+            workflow,
+            args,
+            workflow_id=workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy="allow_duplicate",
+            id_conflict_policy="use_existing",
+            start_delay=None,
+            search_attributes=search_attributes,
+            memo=memo,
+        )
+        payload = [to_jsonable(a, what=f"argument of signal {signal!r}") for a in signal_args]
+        store = await self._get_store()
+        run_id, _ = await store.signal_with_start(new_run, signal, payload)
+        self._wake_workers()
+        return WorkflowHandle(self, new_run.workflow_id, run_id, result_type=result_type)
 
     def get_handle(self, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing workflow: its latest run, or ``run_id``."""

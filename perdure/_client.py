@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from perdure._converter import from_jsonable, to_jsonable
 from perdure._errors import (
     CancelledError,
+    UpdateFailedError,
+    UpdateRejectedError,
     WorkflowFailedError,
     WorkflowNotFoundError,
     failure_from_dict,
@@ -141,6 +144,84 @@ class WorkflowHandle(Generic[R]):
         await store.send_inbox(
             self.app.namespace, self.workflow_id, self.run_id, "signal", name, payload
         )
+        self.app._wake_workers()
+
+    async def query(self, name: str, *args: Any) -> Any:
+        """Ask a running or closed workflow a read-only question, answered by its handler.
+
+        Answered from the live run when this process holds it, otherwise by
+        replaying the run's history with this app's code.
+        """
+        rec = await self._record()
+        payload = [to_jsonable(a, what=f"argument of query {name!r}") for a in args]
+        runner = self.app._live_runner(rec.run_id)
+        if runner is not None:
+            return runner.query(name, payload)
+        store = await self.app._get_store()
+        history = await store.load_history(rec.run_id)
+        replayed = self.app._replay_for_query(rec, history)
+        try:
+            return replayed.query(name, payload)
+        finally:
+            replayed.evict()
+
+    async def update(self, name: str, *args: Any, timeout: Any = None) -> Any:
+        """Run the workflow's update handler and return its result.
+
+        Raises ``UpdateRejectedError`` (unknown update, validator refused, run
+        not running; nothing recorded) or ``UpdateFailedError`` (the handler raised).
+        """
+        from perdure._durations import to_optional_seconds
+
+        seconds = to_optional_seconds(timeout, what="timeout")
+        update_id = str(uuid.uuid4())
+        payload = [to_jsonable(a, what=f"argument of update {name!r}") for a in args]
+        store = await self.app._get_store()
+        try:
+            await store.send_inbox(
+                self.app.namespace,
+                self.workflow_id,
+                self.run_id,
+                "update",
+                name,
+                [{"update_id": update_id, "args": payload}],
+            )
+        except WorkflowNotFoundError as exc:
+            if await store.get_run(self.app.namespace, self.workflow_id, self.run_id) is None:
+                raise
+            raise UpdateRejectedError(f"update {name!r} rejected: {exc}", cause=exc) from None
+        self.app._wake_workers()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            outcome = await store.take_reply(update_id)
+            if outcome is not None:
+                break
+            wait = self.app._result_poll_interval
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PerdureTimeoutError(
+                        f"update {name!r} of {self.workflow_id!r} got no answer within {seconds}s",
+                        timeout_type="update",
+                    )
+                wait = min(wait, left)
+            await self.app._wait_reply(update_id, wait)
+        if "error" in outcome:
+            cause = failure_from_dict(outcome["error"])
+            if outcome.get("rejected"):
+                if isinstance(cause, UpdateRejectedError):
+                    raise cause
+                raise UpdateRejectedError(str(cause), cause=cause)
+            raise UpdateFailedError(f"update {name!r} failed: {cause}", cause=cause)
+        return outcome.get("result")
+
+    async def terminate(self, reason: str = "terminated") -> None:
+        """End the workflow at once, without running its code (no cleanup runs)."""
+        store = await self.app._get_store()
+        run_id = await store.terminate_run(
+            self.app.namespace, self.workflow_id, self.run_id, reason
+        )
+        self.app._run_closed(run_id)
         self.app._wake_workers()
 
     async def cancel(self, reason: str | None = None) -> None:

@@ -174,9 +174,15 @@ class WorkflowAlreadyStartedError(PerdureError):
     """A run with this workflow id is already running (or the reuse policy forbids a new one)."""
 
     def __init__(
-        self, message: str, *, workflow_id: str = "", run_id: str = "", workflow_type: str = ""
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        run_id: str = "",
+        workflow_type: str = "",
+        cause: BaseException | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, cause=cause)
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.workflow_type = workflow_type
@@ -216,6 +222,11 @@ _REBUILDABLE: dict[str, type[PerdureError]] = {
         TimeoutError,
         NonDeterminismError,
         WorkflowFailedError,
+        WorkflowAlreadyStartedError,
+        QueryRejectedError,
+        QueryFailedError,
+        UpdateRejectedError,
+        UpdateFailedError,
     )
 }
 _EXTRA_ATTRS = (

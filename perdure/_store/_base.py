@@ -37,6 +37,8 @@ class RunRecord:
     error: dict[str, Any] | None
     parent_workflow_id: str | None
     parent_run_id: str | None
+    parent_close_policy: str | None
+    child_id: int | None
     search_attributes: dict[str, Any]
     memo: dict[str, Any]
     continued_run_id: str | None
@@ -61,8 +63,22 @@ class NewRun:
     id_conflict_policy: str = "fail"
     parent_workflow_id: str | None = None
     parent_run_id: str | None = None
+    parent_close_policy: str | None = None
+    child_id: int | None = None
     search_attributes: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    """An inbox row a step sends to another workflow (a child's signal or cancel)."""
+
+    namespace: str
+    workflow_id: str
+    run_id: str | None
+    kind: str
+    name: str | None
+    payload: list[Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,6 +142,11 @@ class StepCommit:
     lease_until: datetime | None = None
     close: RunClose | None = None
     release: bool = False
+    children: list[NewRun] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_attributes: dict[str, Any] | None = None
+    continue_as_new: NewRun | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -182,6 +203,25 @@ class Store(abc.ABC):
 
         Raises ``WorkflowNotFoundError`` when no such run is running.
         """
+
+    @abc.abstractmethod
+    async def terminate_run(
+        self, namespace: str, workflow_id: str, run_id: str | None, reason: str
+    ) -> str:
+        """End the running run at once, without running workflow code; returns its run id.
+
+        Raises ``WorkflowNotFoundError`` when no such run is running.
+        """
+
+    @abc.abstractmethod
+    async def signal_with_start(
+        self, run: NewRun, signal: str, payload: list[Any]
+    ) -> tuple[str, bool]:
+        """Start the run unless one is running, and signal it, in one transaction."""
+
+    @abc.abstractmethod
+    async def take_reply(self, reply_id: str) -> dict[str, Any] | None:
+        """Remove and return the outcome of an update, if it is there yet."""
 
     # -- worker side -----------------------------------------------------
     @abc.abstractmethod

@@ -8,7 +8,11 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
-from perdure._errors import WorkflowAlreadyStartedError, WorkflowNotFoundError
+from perdure._errors import (
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+    failure_to_dict,
+)
 from perdure._history import EventType, HistoryEvent
 from perdure._store._base import (
     ActivityTask,
@@ -46,6 +50,8 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         error=None if row["error"] is None else json.loads(row["error"]),
         parent_workflow_id=row["parent_workflow_id"],
         parent_run_id=row["parent_run_id"],
+        parent_close_policy=row["parent_close_policy"],
+        child_id=row["child_id"],
         search_attributes=json.loads(row["search_attributes"]),
         memo=json.loads(row["memo"]),
         continued_run_id=row["continued_run_id"],
@@ -119,53 +125,32 @@ class SQLiteStore(Store):
 
     # -- client side -----------------------------------------------------
     async def start_run(self, run: NewRun) -> tuple[str, bool]:
+        return await self.db.write(lambda conn: _insert_run(conn, run))
+
+    async def signal_with_start(
+        self, run: NewRun, signal: str, payload: list[Any]
+    ) -> tuple[str, bool]:
         def tx(conn: sqlite3.Connection) -> tuple[str, bool]:
-            key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
-            running = conn.execute(_Q["running_run"], key).fetchone()
-            if running is not None:
-                if run.id_conflict_policy == "use_existing":
-                    return running["run_id"], False
-                if run.id_conflict_policy == "terminate_existing":
-                    _terminate(conn, running, "terminated by a new start (terminate_existing)")
-                else:
-                    raise WorkflowAlreadyStartedError(
-                        f"workflow {run.workflow_id!r} is already running (run "
-                        f"{running['run_id']}); pass id_conflict_policy='use_existing' to get it",
-                        workflow_id=run.workflow_id,
-                        run_id=running["run_id"],
-                        workflow_type=running["workflow_type"],
-                    )
-            if run.id_reuse_policy != "allow_duplicate":
-                latest = conn.execute(_Q["latest_run"], key).fetchone()
-                if latest is not None and (
-                    run.id_reuse_policy == "reject_duplicate" or latest["status"] == "completed"
-                ):
-                    raise WorkflowAlreadyStartedError(
-                        f"workflow id {run.workflow_id!r} was already used (last run "
-                        f"{latest['run_id']} {latest['status']}) and id_reuse_policy is "
-                        f"{run.id_reuse_policy!r}",
-                        workflow_id=run.workflow_id,
-                        run_id=latest["run_id"],
-                        workflow_type=latest["workflow_type"],
-                    )
-            conn.execute(
-                _Q["insert_run"],
-                {
-                    "run_id": run.run_id,
-                    "namespace": run.namespace,
-                    "workflow_id": run.workflow_id,
-                    "workflow_type": run.workflow_type,
-                    "task_queue": run.task_queue,
-                    "input": _dumps(run.input),
-                    "parent_workflow_id": run.parent_workflow_id,
-                    "parent_run_id": run.parent_run_id,
-                    "search_attributes": _dumps(run.search_attributes),
-                    "memo": _dumps(run.memo),
-                    "wake_at": fmt(run.wake_at),
-                    "created_at": fmt(utcnow()),
-                },
-            )
-            return run.run_id, True
+            run_id, created = _insert_run(conn, run)
+            _insert_inbox(conn, run.namespace, run.workflow_id, run_id, "signal", signal, payload)
+            return run_id, created
+
+        return await self.db.write(tx)
+
+    async def terminate_run(
+        self, namespace: str, workflow_id: str, run_id: str | None, reason: str
+    ) -> str:
+        def tx(conn: sqlite3.Connection) -> str:
+            row = _running_row(conn, namespace, workflow_id, run_id)
+            _terminate(conn, row, reason)
+            return str(row["run_id"])
+
+        return await self.db.write(tx)
+
+    async def take_reply(self, reply_id: str) -> dict[str, Any] | None:
+        def tx(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(_Q["take_reply"], {"reply_id": reply_id}).fetchone()
+            return None if row is None else dict(json.loads(row["outcome"]))
 
         return await self.db.write(tx)
 
@@ -241,26 +226,8 @@ class SQLiteStore(Store):
         payload: list[Any],
     ) -> str:
         def tx(conn: sqlite3.Connection) -> str:
-            row = conn.execute(
-                _Q["running_run"], {"namespace": namespace, "workflow_id": workflow_id}
-            ).fetchone()
-            if row is None or (run_id is not None and row["run_id"] != run_id):
-                raise WorkflowNotFoundError(
-                    f"no running workflow with id {workflow_id!r}"
-                    + (f" and run id {run_id!r}" if run_id else "")
-                )
-            conn.execute(
-                _Q["insert_inbox"],
-                {
-                    "namespace": namespace,
-                    "workflow_id": workflow_id,
-                    "run_id": run_id,
-                    "kind": kind,
-                    "name": name,
-                    "payload": _dumps(payload),
-                    "created_at": fmt(utcnow()),
-                },
-            )
+            row = _running_row(conn, namespace, workflow_id, run_id)
+            _insert_inbox(conn, namespace, workflow_id, run_id, kind, name, payload)
             return str(row["run_id"])
 
         return await self.db.write(tx)
@@ -326,58 +293,7 @@ class SQLiteStore(Store):
         return await self.db.read(read)
 
     async def commit_step(self, step: StepCommit) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
-            fenced = conn.execute(
-                _Q["fence_step"],
-                {
-                    "run_id": step.run_id,
-                    "worker_id": step.worker_id,
-                    "expected_seq": step.expected_seq,
-                    "next_event_seq": step.expected_seq + len(step.events),
-                    "wake_at": fmt_opt(step.wake_at),
-                    "lease_until": fmt_opt(step.lease_until),
-                    "release": step.release,
-                },
-            )
-            if fenced.rowcount != 1:
-                raise StepRejected(step.run_id)
-            conn.executemany(
-                _Q["append_event"], [_event_params(step.run_id, e) for e in step.events]
-            )
-            for activity_id in step.finished_tasks:
-                conn.execute(_Q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id})
-            conn.executemany(
-                _Q["insert_task"],
-                [
-                    {
-                        "namespace": step.namespace,
-                        "run_id": step.run_id,
-                        "activity_id": t.activity_id,
-                        "activity_type": t.activity_type,
-                        "task_queue": t.task_queue,
-                        "scheduled_at": fmt(t.scheduled_at),
-                        "visible_at": fmt(t.visible_at),
-                    }
-                    for t in step.new_tasks
-                ],
-            )
-            conn.executemany(_Q["delete_inbox"], [{"inbox_id": i} for i in step.consumed_inbox])
-            if step.close is not None:
-                close = step.close
-                conn.execute(
-                    _Q["close_run"],
-                    {
-                        "run_id": step.run_id,
-                        "status": close.status,
-                        "result": None if close.result is None else _dumps(close.result),
-                        "error": None if close.error is None else _dumps(close.error),
-                        "closed_at": fmt(utcnow()),
-                        "continued_run_id": close.continued_run_id,
-                    },
-                )
-                conn.execute(_Q["delete_run_tasks"], {"run_id": step.run_id})
-
-        await self.db.write(tx)
+        await self.db.write(lambda conn: _commit_step(conn, step))
 
     async def retry_activity(
         self,
@@ -457,14 +373,278 @@ class SQLiteStore(Store):
         )
 
 
+def _running_row(
+    conn: sqlite3.Connection, namespace: str, workflow_id: str, run_id: str | None
+) -> sqlite3.Row:
+    row = conn.execute(
+        _Q["running_run"], {"namespace": namespace, "workflow_id": workflow_id}
+    ).fetchone()
+    if row is None or (run_id is not None and row["run_id"] != run_id):
+        latest = conn.execute(
+            _Q["latest_run"], {"namespace": namespace, "workflow_id": workflow_id}
+        ).fetchone()
+        detail = f" (its last run is {latest['status']})" if latest is not None else ""
+        raise WorkflowNotFoundError(
+            f"no running workflow with id {workflow_id!r}"
+            + (f" and run id {run_id!r}" if run_id else "")
+            + detail
+        )
+    found: sqlite3.Row = row
+    return found
+
+
+def _insert_inbox(
+    conn: sqlite3.Connection,
+    namespace: str,
+    workflow_id: str,
+    run_id: str | None,
+    kind: str,
+    name: str | None,
+    payload: list[Any],
+) -> None:
+    conn.execute(
+        _Q["insert_inbox"],
+        {
+            "namespace": namespace,
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "kind": kind,
+            "name": name,
+            "payload": _dumps(payload),
+            "created_at": fmt(utcnow()),
+        },
+    )
+
+
+def _insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
+    """Insert a run, applying its id reuse and conflict policies."""
+    key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
+    running = conn.execute(_Q["running_run"], key).fetchone()
+    if running is not None:
+        if run.id_conflict_policy == "use_existing":
+            return running["run_id"], False
+        if run.id_conflict_policy == "terminate_existing":
+            _terminate(conn, running, "terminated by a new start (terminate_existing)")
+        else:
+            raise WorkflowAlreadyStartedError(
+                f"workflow {run.workflow_id!r} is already running (run "
+                f"{running['run_id']}); pass id_conflict_policy='use_existing' to get it",
+                workflow_id=run.workflow_id,
+                run_id=running["run_id"],
+                workflow_type=running["workflow_type"],
+            )
+    if run.id_reuse_policy != "allow_duplicate":
+        latest = conn.execute(_Q["latest_run"], key).fetchone()
+        if latest is not None and (
+            run.id_reuse_policy == "reject_duplicate" or latest["status"] == "completed"
+        ):
+            raise WorkflowAlreadyStartedError(
+                f"workflow id {run.workflow_id!r} was already used (last run "
+                f"{latest['run_id']} {latest['status']}) and id_reuse_policy is "
+                f"{run.id_reuse_policy!r}",
+                workflow_id=run.workflow_id,
+                run_id=latest["run_id"],
+                workflow_type=latest["workflow_type"],
+            )
+    conn.execute(
+        _Q["insert_run"],
+        {
+            "run_id": run.run_id,
+            "namespace": run.namespace,
+            "workflow_id": run.workflow_id,
+            "workflow_type": run.workflow_type,
+            "task_queue": run.task_queue,
+            "input": _dumps(run.input),
+            "parent_workflow_id": run.parent_workflow_id,
+            "parent_run_id": run.parent_run_id,
+            "parent_close_policy": run.parent_close_policy,
+            "child_id": run.child_id,
+            "search_attributes": _dumps(run.search_attributes),
+            "memo": _dumps(run.memo),
+            "wake_at": fmt(run.wake_at),
+            "created_at": fmt(utcnow()),
+        },
+    )
+    return run.run_id, True
+
+
+def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
+    fenced = conn.execute(
+        _Q["fence_step"],
+        {
+            "run_id": step.run_id,
+            "worker_id": step.worker_id,
+            "expected_seq": step.expected_seq,
+            "next_event_seq": step.expected_seq + len(step.events),
+            "wake_at": fmt_opt(step.wake_at),
+            "lease_until": fmt_opt(step.lease_until),
+            "release": step.release,
+        },
+    )
+    if fenced.rowcount != 1:
+        raise StepRejected(step.run_id)
+    conn.executemany(_Q["append_event"], [_event_params(step.run_id, e) for e in step.events])
+    for activity_id in step.finished_tasks:
+        conn.execute(_Q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id})
+    conn.executemany(
+        _Q["insert_task"],
+        [
+            {
+                "namespace": step.namespace,
+                "run_id": step.run_id,
+                "activity_id": t.activity_id,
+                "activity_type": t.activity_type,
+                "task_queue": t.task_queue,
+                "scheduled_at": fmt(t.scheduled_at),
+                "visible_at": fmt(t.visible_at),
+            }
+            for t in step.new_tasks
+        ],
+    )
+    conn.executemany(_Q["delete_inbox"], [{"inbox_id": i} for i in step.consumed_inbox])
+    if step.search_attributes:
+        conn.execute(
+            _Q["merge_search_attributes"],
+            {"run_id": step.run_id, "patch": _dumps(step.search_attributes)},
+        )
+    for child in step.children:
+        _start_child(conn, step, child)
+    for msg in step.messages:
+        if conn.execute(
+            _Q["running_run"], {"namespace": msg.namespace, "workflow_id": msg.workflow_id}
+        ).fetchone():
+            _insert_inbox(
+                conn, msg.namespace, msg.workflow_id, msg.run_id, msg.kind, msg.name, msg.payload
+            )
+    for reply_id, outcome in step.replies.items():
+        _insert_reply(conn, reply_id, step.run_id, outcome)
+    if step.close is not None:
+        close = step.close
+        conn.execute(
+            _Q["close_run"],
+            {
+                "run_id": step.run_id,
+                "status": close.status,
+                "result": None if close.result is None else _dumps(close.result),
+                "error": None if close.error is None else _dumps(close.error),
+                "closed_at": fmt(utcnow()),
+                "continued_run_id": close.continued_run_id,
+            },
+        )
+        row = conn.execute(_Q["get_run"], {"run_id": step.run_id}).fetchone()
+        _after_close(conn, row, close.status, close.result, close.error)
+        if step.continue_as_new is not None:
+            _insert_run(conn, step.continue_as_new)
+
+
+def _start_child(conn: sqlite3.Connection, step: StepCommit, child: NewRun) -> None:
+    """Start a child run; if its id is taken, tell the parent through its inbox."""
+    conn.execute("SAVEPOINT child")
+    try:
+        _insert_run(conn, child)
+    except WorkflowAlreadyStartedError as exc:
+        conn.execute("ROLLBACK TO child")
+        _insert_inbox(
+            conn,
+            step.namespace,
+            str(child.parent_workflow_id),
+            step.run_id,
+            "child_result",
+            child.workflow_type,
+            [
+                {
+                    "child_id": child.child_id,
+                    "workflow_id": child.workflow_id,
+                    "run_id": child.run_id,
+                    "status": "failed",
+                    "error": failure_to_dict(exc),
+                }
+            ],
+        )
+    conn.execute("RELEASE child")
+
+
+def _insert_reply(
+    conn: sqlite3.Connection, reply_id: str, run_id: str, outcome: dict[str, Any]
+) -> None:
+    conn.execute(
+        _Q["insert_reply"],
+        {
+            "reply_id": reply_id,
+            "run_id": run_id,
+            "outcome": _dumps(outcome),
+            "created_at": fmt(utcnow()),
+        },
+    )
+
+
+def _after_close(
+    conn: sqlite3.Connection, row: sqlite3.Row, status: str, result: Any, error: Any
+) -> None:
+    """What a run's end means for others: its parent, its children, waiting updates."""
+    run_id = row["run_id"]
+    if status != "continued_as_new" and row["parent_run_id"] is not None:
+        parent = conn.execute(_Q["get_run"], {"run_id": row["parent_run_id"]}).fetchone()
+        if parent is not None and parent["status"] == "running":
+            _insert_inbox(
+                conn,
+                parent["namespace"],
+                parent["workflow_id"],
+                parent["run_id"],
+                "child_result",
+                row["workflow_type"],
+                [
+                    {
+                        "child_id": row["child_id"],
+                        "workflow_id": row["workflow_id"],
+                        "run_id": run_id,
+                        "status": status,
+                        "result": result,
+                        "error": error,
+                    }
+                ],
+            )
+    if status != "continued_as_new":
+        for child in conn.execute(_Q["running_children"], {"run_id": run_id}).fetchall():
+            policy = child["parent_close_policy"] or "terminate"
+            if policy == "terminate":
+                _terminate(conn, child, f"parent {row['workflow_id']!r} closed ({status})")
+            elif policy == "request_cancel":
+                _insert_inbox(
+                    conn,
+                    child["namespace"],
+                    child["workflow_id"],
+                    child["run_id"],
+                    "cancel",
+                    None,
+                    [f"parent {row['workflow_id']!r} closed ({status})"],
+                )
+    for update in conn.execute(
+        _Q["pending_updates"],
+        {"namespace": row["namespace"], "workflow_id": row["workflow_id"], "run_id": run_id},
+    ).fetchall():
+        payload = json.loads(update["payload"])
+        update_id = (payload[0] if isinstance(payload, list) else payload).get("update_id")
+        conn.execute(_Q["delete_inbox"], {"inbox_id": update["inbox_id"]})
+        if update_id:
+            _insert_reply(
+                conn,
+                str(update_id),
+                run_id,
+                {
+                    "rejected": True,
+                    "error": {
+                        "type": "UpdateRejectedError",
+                        "message": f"workflow {row['workflow_id']!r} closed ({status}) first",
+                    },
+                },
+            )
+
+
 def _terminate(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
     """End a running run at once, without running its code."""
-    seq = row["next_event_seq"]
+    seq = conn.execute(_Q["bump_seq"], {"run_id": row["run_id"]}).fetchone()["seq"]
     now = utcnow()
-    conn.execute(
-        "UPDATE perdure_workflows SET next_event_seq = ? WHERE run_id = ?",
-        (seq + 1, row["run_id"]),
-    )
     conn.execute(
         _Q["append_event"],
         _event_params(
@@ -491,6 +671,7 @@ def _terminate(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
         },
     )
     conn.execute(_Q["delete_run_tasks"], {"run_id": row["run_id"]})
+    _after_close(conn, row, "terminated", None, error)
 
 
 def _apply_migrations(conn: sqlite3.Connection) -> None:

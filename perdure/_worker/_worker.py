@@ -22,11 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from perdure._activity_state import ActivityInfo
 from perdure._durations import Duration, to_seconds
-from perdure._errors import ApplicationError, NonDeterminismError
+from perdure._errors import (
+    ApplicationError,
+    NonDeterminismError,
+    UpdateRejectedError,
+    failure_to_dict,
+)
 from perdure._history import COMMAND_EVENTS, EventType, HistoryEvent
 from perdure._registry import ActivityDefinition
 from perdure._store._base import (
     InboxItem,
+    Message,
+    NewRun,
     NewTask,
     RunClose,
     RunRecord,
@@ -367,6 +374,27 @@ class Worker:
                 run.inputs.append(
                     Input(EventType.SIGNAL_RECEIVED, item.name, attrs, inbox_id=item.inbox_id)
                 )
+            elif item.kind == "update":
+                body = item.payload[0] if item.payload and isinstance(item.payload[0], dict) else {}
+                run.inputs.append(
+                    Input(
+                        EventType.UPDATE_ACCEPTED,
+                        item.name,
+                        {"update_id": str(body.get("update_id")), "args": body.get("args") or []},
+                        inbox_id=item.inbox_id,
+                    )
+                )
+            elif item.kind == "child_result":
+                body = item.payload[0] if item.payload and isinstance(item.payload[0], dict) else {}
+                completed = body.get("status") == "completed"
+                run.inputs.append(
+                    Input(
+                        EventType.CHILD_COMPLETED if completed else EventType.CHILD_FAILED,
+                        item.name,
+                        body,
+                        inbox_id=item.inbox_id,
+                    )
+                )
             elif item.kind == "cancel":
                 run.inputs.append(
                     Input(
@@ -408,6 +436,7 @@ class Worker:
         events: list[HistoryEvent] = []
         consumed: list[int] = []
         finished: list[int] = []
+        rejected: dict[str, dict[str, Any]] = {}
         for inp in inputs:
             if inp.inbox_id is not None:
                 consumed.append(inp.inbox_id)
@@ -415,6 +444,15 @@ class Worker:
                 finished.append(inp.finished_activity)
             if run.runner.closed:
                 continue  # the run already ended in this step; later inputs are moot
+            if inp.event_type == EventType.UPDATE_ACCEPTED:
+                try:
+                    run.runner.validate_update(str(inp.name), inp.attributes["args"])
+                except UpdateRejectedError as exc:
+                    rejected[inp.attributes["update_id"]] = {
+                        "rejected": True,
+                        "error": failure_to_dict(exc),
+                    }
+                    continue  # a rejected update leaves no trace in history
             event = HistoryEvent(
                 seq=seq,
                 event_type=inp.event_type,
@@ -436,6 +474,16 @@ class Worker:
                 )
                 seq += 1
         plan = _plan(run, events, now)
+        plan.replies.update(rejected)
+        if plan.close is not None:
+            for update_id in run.runner.pending_updates:
+                plan.replies[update_id] = {
+                    "error": {
+                        "type": "UpdateFailedError",
+                        "message": f"workflow closed ({plan.close.status}) before the update "
+                        "finished",
+                    }
+                }
         finished += plan.canceled_activities
         new_tasks = [t for t in plan.new_tasks if t.activity_id not in plan.canceled_activities]
         finished = [a for a in finished if a not in {t.activity_id for t in plan.new_tasks}]
@@ -453,6 +501,11 @@ class Worker:
                 wake_at=wake,
                 lease_until=utcnow() + timedelta(seconds=self.lease_duration),
                 close=plan.close,
+                children=plan.children,
+                messages=plan.messages,
+                replies=plan.replies,
+                search_attributes=plan.search_attributes or None,
+                continue_as_new=plan.continue_as_new,
             )
         )
         run.next_seq = seq
@@ -463,6 +516,10 @@ class Worker:
 
     def _apply(self, run: HeldRun, plan: _Plan) -> None:
         """Act on a committed step: start activities and timers, or let the run go."""
+        for reply_id in plan.replies:
+            self.app._reply_ready(reply_id)
+        if plan.children or plan.messages or plan.continue_as_new is not None:
+            self.app._wake_workers()
         if plan.close is not None:
             self._forget(run)
             self.app._run_closed(run.run_id)
@@ -668,13 +725,23 @@ class _Plan:
     __slots__ = (
         "canceled_activities",
         "canceled_timers",
+        "children",
         "close",
+        "continue_as_new",
+        "messages",
         "new_activities",
         "new_tasks",
         "new_timers",
+        "replies",
+        "search_attributes",
     )
 
     def __init__(self) -> None:
+        self.children: list[NewRun] = []
+        self.messages: list[Message] = []
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.search_attributes: dict[str, Any] = {}
+        self.continue_as_new: NewRun | None = None
         self.new_tasks: list[NewTask] = []
         self.new_activities: list[PendingActivity] = []
         self.canceled_activities: list[int] = []
@@ -709,8 +776,69 @@ def _plan(run: HeldRun, events: list[HistoryEvent], now: datetime) -> _Plan:
         elif kind == EventType.TIMER_CANCELED:
             plan.canceled_timers.append(int(attrs["timer_id"]))
         elif kind in _CLOSING:
+            error = attrs.get("error")
+            if kind == EventType.WORKFLOW_CANCELED:
+                error = {"type": "CancelledError", "message": "workflow canceled"}
+            plan.close = RunClose(status=_CLOSING[kind], result=attrs.get("result"), error=error)
+        elif kind == EventType.WORKFLOW_CONTINUED_AS_NEW:
+            rec = run.record
+            plan.continue_as_new = NewRun(
+                namespace=rec.namespace,
+                workflow_id=rec.workflow_id,
+                run_id=str(attrs["new_run_id"]),
+                workflow_type=rec.workflow_type,
+                task_queue=rec.task_queue,
+                input=list(attrs.get("args") or []),
+                wake_at=now,
+                parent_workflow_id=rec.parent_workflow_id,
+                parent_run_id=rec.parent_run_id,
+                parent_close_policy=rec.parent_close_policy,
+                child_id=rec.child_id,
+                search_attributes=rec.search_attributes,
+                memo=rec.memo,
+            )
             plan.close = RunClose(
-                status=_CLOSING[kind], result=attrs.get("result"), error=attrs.get("error")
+                status="continued_as_new", continued_run_id=plan.continue_as_new.run_id
+            )
+        elif kind == EventType.CHILD_STARTED:
+            rec = run.record
+            plan.children.append(
+                NewRun(
+                    namespace=rec.namespace,
+                    workflow_id=str(attrs["workflow_id"]),
+                    run_id=str(attrs["run_id"]),
+                    workflow_type=str(attrs["workflow_type"]),
+                    task_queue=str(attrs["task_queue"]),
+                    input=list(attrs.get("args") or []),
+                    wake_at=now,
+                    id_reuse_policy=str(attrs.get("id_reuse_policy") or "allow_duplicate"),
+                    parent_workflow_id=rec.workflow_id,
+                    parent_run_id=rec.run_id,
+                    parent_close_policy=str(attrs["parent_close_policy"]),
+                    child_id=int(attrs["child_id"]),
+                    search_attributes=dict(attrs.get("search_attributes") or {}),
+                    memo=dict(attrs.get("memo") or {}),
+                )
+            )
+        elif kind == EventType.SEARCH_ATTRIBUTES_UPSERTED:
+            plan.search_attributes.update(attrs.get("attributes") or {})
+        elif kind == EventType.UPDATE_COMPLETED:
+            outcome = {k: v for k, v in attrs.items() if k in ("result", "error")}
+            plan.replies[str(attrs["update_id"])] = outcome
+        elif kind == EventType.MARKER_RECORDED and attrs.get("kind") in (
+            "signal_child",
+            "cancel_child",
+        ):
+            is_signal = attrs["kind"] == "signal_child"
+            plan.messages.append(
+                Message(
+                    namespace=run.record.namespace,
+                    workflow_id=str(attrs["workflow_id"]),
+                    run_id=attrs.get("run_id"),
+                    kind="signal" if is_signal else "cancel",
+                    name=attrs.get("signal") if is_signal else None,
+                    payload=list(attrs.get("args") or []) if is_signal else [None],
+                )
             )
     return plan
 

@@ -9,13 +9,14 @@ import random
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast, overload
 
-from perdure._converter import to_jsonable
+from perdure._converter import from_jsonable, to_jsonable
 from perdure._durations import Duration, to_optional_seconds, to_seconds
 from perdure._history import Command, EventType
 from perdure._registry import ActivityDefinition, ActivityOptions, activity_definition
 from perdure._retry import RetryPolicy
+from perdure._workflow._runner import ContinueAsNew
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -229,6 +230,109 @@ class WorkflowContext:
         """Mark a patch as the only path left; old markers still replay."""
         self._runner.patched(patch_id, deprecated=True)
 
+    # -- children, continue-as-new, search attributes --------------------
+    async def start_child(
+        self,
+        workflow: Any,
+        *args: Any,
+        workflow_id: str | None = None,
+        task_queue: str | None = None,
+        parent_close_policy: str = "terminate",
+        id_reuse_policy: str = "allow_duplicate",
+        search_attributes: dict[str, Any] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> ChildWorkflowHandle:
+        """Start a child workflow and return its handle once the start is recorded."""
+        runner = self._runner
+        if parent_close_policy not in PARENT_CLOSE_POLICIES:
+            raise ValueError(
+                f"parent_close_policy must be one of {', '.join(PARENT_CLOSE_POLICIES)}; "
+                f"got {parent_close_policy!r}"
+            )
+        defn = runner.registry.workflow_for(workflow)
+        if defn is None and not isinstance(workflow, str):
+            raise ValueError(f"{workflow!r} is not a registered workflow")
+        workflow_type = defn.name if defn else str(workflow)
+        if defn is not None:
+            encoded = defn.signature.encode_args(args, kind="workflow")
+        else:
+            encoded = [to_jsonable(a, what=f"argument of workflow {workflow_type!r}") for a in args]
+        child_id = runner.new_id()
+        child_workflow_id = workflow_id or f"{runner.info.workflow_id}/child-{child_id}"
+        run_id = runner.derived_id(f"child-{child_id}")
+        runner.issue(
+            Command(
+                event_type=EventType.CHILD_STARTED,
+                name=workflow_type,
+                attributes={
+                    "child_id": child_id,
+                    "workflow_id": child_workflow_id,
+                    "run_id": run_id,
+                    "workflow_type": workflow_type,
+                    "args": encoded,
+                    "task_queue": task_queue or runner.info.task_queue,
+                    "parent_close_policy": parent_close_policy,
+                    "id_reuse_policy": id_reuse_policy,
+                    "search_attributes": to_jsonable(search_attributes or {}),
+                    "memo": to_jsonable(memo or {}),
+                },
+            )
+        )
+        fut: asyncio.Future[Any] = runner.loop.create_future()
+        runner.pending_children[child_id] = fut
+        return ChildWorkflowHandle(
+            self,
+            workflow_id=child_workflow_id,
+            run_id=run_id,
+            future=fut,
+            result_hint=defn.signature.return_hint if defn else None,
+        )
+
+    async def execute_child(self, workflow: Any, *args: Any, **options: Any) -> Any:
+        """Start a child workflow and wait for its result (``ChildWorkflowError`` on failure)."""
+        handle = await self.start_child(workflow, *args, **options)
+        return await handle.result()
+
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start a fresh one with the same workflow id (never returns)."""
+        runner = self._runner
+        encoded = runner.defn.signature.encode_args(args, kind="workflow")
+        raise ContinueAsNew(encoded)
+
+    def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:
+        """Set indexed attributes of this run, visible to list_workflows and plain SQL."""
+        if not isinstance(attributes, dict) or not all(isinstance(k, str) for k in attributes):
+            raise TypeError("search attributes must be a dict with string keys")
+        self._runner.issue(
+            Command(
+                event_type=EventType.SEARCH_ATTRIBUTES_UPSERTED,
+                name=None,
+                attributes={"attributes": to_jsonable(attributes, what="search attributes")},
+            )
+        )
+
+    def _signal_external(
+        self,
+        kind: str,
+        workflow_id: str,
+        run_id: str | None,
+        name: str | None,
+        args: tuple[Any, ...],
+    ) -> None:
+        self._runner.issue(
+            Command(
+                event_type=EventType.MARKER_RECORDED,
+                name=f"{kind}_child",
+                attributes={
+                    "kind": f"{kind}_child",
+                    "workflow_id": workflow_id,
+                    "run_id": run_id,
+                    "signal": name,
+                    "args": [to_jsonable(a, what=f"argument of signal {name!r}") for a in args],
+                },
+            )
+        )
+
     # -- signals, queries, conditions ------------------------------------
     async def wait_for_signal(self, name: str, timeout: Duration | None = None) -> Any:
         """The next payload of signal ``name`` (buffered if it came earlier); None on timeout."""
@@ -255,6 +359,24 @@ class WorkflowContext:
 
     def set_query_handler(self, name: str, fn: Callable[..., Any]) -> None:
         self._runner.query_handlers[name] = fn
+
+    def set_update_handler(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        validator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Handle ``handle.update(name, ...)``; a raising validator rejects it unrecorded."""
+        self._runner.update_handlers[name] = (fn, validator)
+
+    def update_handler(
+        self, name: str, validator: Callable[..., Any] | None = None
+    ) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            self.set_update_handler(name, fn, validator)
+            return fn
+
+        return register
 
     def signal_handler(self, name: str) -> Callable[[F], F]:
         def register(fn: F) -> F:
@@ -283,6 +405,38 @@ class WorkflowContext:
         except TimeoutError:
             return False
         return True
+
+
+PARENT_CLOSE_POLICIES = ("terminate", "request_cancel", "abandon")
+
+
+class ChildWorkflowHandle:
+    """A started child workflow, as seen from its parent."""
+
+    def __init__(
+        self,
+        ctx: WorkflowContext,
+        *,
+        workflow_id: str,
+        run_id: str,
+        future: asyncio.Future[Any],
+        result_hint: Any,
+    ) -> None:
+        self._ctx = ctx
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self._future = future
+        self._hint = result_hint
+
+    async def result(self) -> Any:
+        raw = await asyncio.shield(self._future)
+        return from_jsonable(raw, self._hint, what=f"result of child {self.workflow_id!r}")
+
+    async def signal(self, name: str, *args: Any) -> None:
+        self._ctx._signal_external("signal", self.workflow_id, self.run_id, name, args)
+
+    async def cancel(self) -> None:
+        self._ctx._signal_external("cancel", self.workflow_id, self.run_id, None, ())
 
 
 def _signal_value(args: list[Any]) -> Any:

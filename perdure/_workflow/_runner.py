@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import logging
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from perdure._converter import PayloadError, to_jsonable
+from perdure._converter import PayloadError, Signature, to_jsonable
 from perdure._errors import (
     ActivityError,
+    ChildWorkflowError,
     NonDeterminismError,
+    QueryFailedError,
+    QueryRejectedError,
+    UpdateRejectedError,
     failure_from_dict,
     failure_to_dict,
 )
@@ -38,6 +44,14 @@ from perdure._workflow._loop import DurableTimerHandle, WorkflowLoop
 
 class _Suspend(BaseException):
     """Stops workflow code without letting ``except Exception`` catch it."""
+
+
+class ContinueAsNew(BaseException):  # noqa: N818 - control flow, like StopIteration
+    """Raised by ``ctx.continue_as_new``; ends the run and starts the next one."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__()
+        self.args_ = args
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,6 +107,9 @@ class WorkflowRunner:
         self.patches: dict[str, bool] = {}
         self.conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self.pending_activities: dict[int, asyncio.Future[Any]] = {}
+        self.pending_children: dict[int, asyncio.Future[Any]] = {}
+        self.update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+        self.pending_updates: set[str] = set()
         self.pending_timers: dict[int, tuple[DurableTimerHandle, str | None]] = {}
         self._next_id = 0
         self._timer_name: str | None = None
@@ -178,6 +195,10 @@ class WorkflowRunner:
         self.loop.close()
 
     # -- commands --------------------------------------------------------
+    def derived_id(self, what: str) -> str:
+        """A deterministic id (a UUID) for something this run creates."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"perdure:{self.info.run_id}:{what}"))
+
     def new_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -328,6 +349,17 @@ class WorkflowRunner:
                 entry[0].fire()
         elif kind == EventType.SIGNAL_RECEIVED and "undecodable_payload" not in attrs:
             self._deliver_signal(str(event.name), list(attrs.get("args") or []))
+        elif kind in (EventType.CHILD_COMPLETED, EventType.CHILD_FAILED):
+            child = self.pending_children.pop(int(attrs["child_id"]), None)
+            if child is not None and not child.done():
+                if kind == EventType.CHILD_COMPLETED:
+                    child.set_result(attrs.get("result"))
+                else:
+                    child.set_exception(_child_error(event))
+        elif kind == EventType.UPDATE_ACCEPTED:
+            self._run_update(
+                str(event.name), str(attrs["update_id"]), list(attrs.get("args") or [])
+            )
         elif kind == EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
             if self.main_task is not None and not self.main_task.done():
@@ -349,9 +381,82 @@ class WorkflowRunner:
             self.signal_buffer.setdefault(name, collections.deque()).append(args)
 
     def call_handler(self, handler: Callable[..., Any], args: list[Any]) -> None:
-        result = handler(*args)
+        """Deliver a signal to its handler; a payload that does not fit is dropped, loudly."""
+        try:
+            decoded = _decode_handler_args(handler, args, "signal handler")
+        except TypeError as exc:
+            if not self.replaying:
+                logging.getLogger("perdure.workflow").error(
+                    "workflow %r: signal dropped, its payload does not fit the handler: %s",
+                    self.info.workflow_id,
+                    exc,
+                )
+            return
+        result = handler(*decoded)
         if asyncio.iscoroutine(result):
             self.loop.create_task(result)
+
+    # -- queries and updates -----------------------------------------------
+    def query(self, name: str, args: list[Any]) -> Any:
+        """Answer a query from the current state; raises QueryRejected/QueryFailed."""
+        handler = self.query_handlers.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.query_handlers)) or "none"
+            raise QueryRejectedError(
+                f"workflow {self.info.workflow_id!r} has no query handler {name!r} "
+                f"(registered: {known})"
+            )
+        try:
+            decoded = _decode_handler_args(handler, args, f"query {name!r}")
+            result = handler(*decoded)
+            if asyncio.iscoroutine(result):
+                result.close()
+                raise TypeError("query handlers must be plain functions, not async")
+            return to_jsonable(result, what=f"result of query {name!r}")
+        except Exception as exc:
+            raise QueryFailedError(f"query {name!r} failed: {exc}", cause=exc) from exc
+
+    def validate_update(self, name: str, args: list[Any]) -> None:
+        """Run the update's validator; raise ``UpdateRejectedError`` to refuse it."""
+        entry = self.update_handlers.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.update_handlers)) or "none"
+            raise UpdateRejectedError(
+                f"workflow {self.info.workflow_id!r} has no update handler {name!r} "
+                f"(registered: {known})"
+            )
+        handler, validator = entry
+        try:
+            decoded = _decode_handler_args(handler, args, f"update {name!r}")
+            if validator is not None:
+                validator(*decoded)
+        except Exception as exc:
+            raise UpdateRejectedError(f"update {name!r} rejected: {exc}", cause=exc) from exc
+
+    def _run_update(self, name: str, update_id: str, args: list[Any]) -> None:
+        entry = self.update_handlers.get(name)
+        self.pending_updates.add(update_id)
+
+        async def run() -> None:
+            try:
+                if entry is None:
+                    raise UpdateRejectedError(f"no update handler {name!r}")
+                decoded = _decode_handler_args(entry[0], args, f"update {name!r}")
+                result = entry[0](*decoded)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                attrs = {"update_id": update_id, "result": to_jsonable(result)}
+            except (_Suspend, ContinueAsNew):
+                raise
+            except Exception as exc:
+                attrs = {"update_id": update_id, "error": failure_to_dict(exc)}
+            self.pending_updates.discard(update_id)
+            if not self.closed:
+                self.issue(
+                    Command(event_type=EventType.UPDATE_COMPLETED, name=name, attributes=attrs)
+                )
+
+        self.loop.create_task(run())
 
     async def _run_main(self, raw_args: list[Any]) -> None:
         try:
@@ -359,6 +464,15 @@ class WorkflowRunner:
             result = await self.defn.fn(self.ctx, *args)
         except _Suspend:
             raise
+        except ContinueAsNew as can:
+            self.issue(
+                Command(
+                    event_type=EventType.WORKFLOW_CONTINUED_AS_NEW,
+                    name=self.defn.name,
+                    attributes={"args": can.args_, "new_run_id": self.derived_id("next-run")},
+                )
+            )
+            return
         except asyncio.CancelledError:
             if self.closed:
                 raise
@@ -400,6 +514,27 @@ def _matches(recorded: HistoryEvent, command: Command) -> bool:
             recorded.attributes.get("activity_type") == command.attributes.get("activity_type")
         )
     return True
+
+
+def _decode_handler_args(handler: Callable[..., Any], args: list[Any], what: str) -> list[Any]:
+    """Check and convert handler arguments by its type hints."""
+    try:
+        signature = Signature(handler, skip_first=False, name=what)
+    except (TypeError, ValueError):
+        return args
+    return signature.decode_args(args, kind="handler")
+
+
+def _child_error(event: HistoryEvent) -> ChildWorkflowError:
+    attrs = event.attributes
+    cause = failure_from_dict(attrs["error"]) if attrs.get("error") else None
+    return ChildWorkflowError(
+        f"child workflow {attrs.get('workflow_id')!r} {attrs.get('status', 'failed')}",
+        cause=cause,
+        workflow_id=str(attrs.get("workflow_id") or ""),
+        run_id=str(attrs.get("run_id") or ""),
+        workflow_type=str(event.name or ""),
+    )
 
 
 def _activity_error(event: HistoryEvent) -> ActivityError:

@@ -4,10 +4,12 @@
 -- name: insert_run
 INSERT INTO perdure_workflows (
     run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
-    parent_workflow_id, parent_run_id, search_attributes, memo, wake_at, created_at
+    parent_workflow_id, parent_run_id, parent_close_policy, child_id,
+    search_attributes, memo, wake_at, created_at
 ) VALUES (
     :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, 'running', :input,
-    :parent_workflow_id, :parent_run_id, :search_attributes, :memo, :wake_at, :created_at
+    :parent_workflow_id, :parent_run_id, :parent_close_policy, :child_id,
+    :search_attributes, :memo, :wake_at, :created_at
 );
 
 -- name: latest_run
@@ -137,3 +139,26 @@ DELETE FROM perdure_workers WHERE worker_id = :worker_id;
 
 -- name: history_length
 SELECT next_event_seq - 1 AS n FROM perdure_workflows WHERE run_id = :run_id;
+
+-- name: merge_search_attributes
+UPDATE perdure_workflows SET search_attributes = json_patch(search_attributes, :patch)
+WHERE run_id = :run_id;
+
+-- name: insert_reply
+INSERT OR REPLACE INTO perdure_replies (reply_id, run_id, outcome, created_at)
+VALUES (:reply_id, :run_id, :outcome, :created_at);
+
+-- name: take_reply
+DELETE FROM perdure_replies WHERE reply_id = :reply_id RETURNING outcome;
+
+-- name: running_children
+SELECT * FROM perdure_workflows WHERE parent_run_id = :run_id AND status = 'running';
+
+-- name: pending_updates
+SELECT inbox_id, payload FROM perdure_inbox
+WHERE namespace = :namespace AND workflow_id = :workflow_id AND kind = 'update'
+  AND (run_id IS NULL OR run_id = :run_id);
+
+-- name: bump_seq
+UPDATE perdure_workflows SET next_event_seq = next_event_seq + 1
+WHERE run_id = :run_id RETURNING next_event_seq - 1 AS seq;

@@ -15,6 +15,8 @@ CREATE TABLE perdure_workflows (
     error              TEXT,                     -- JSON failure when failed/canceled/terminated
     parent_workflow_id TEXT,
     parent_run_id      TEXT,
+    parent_close_policy TEXT,                    -- terminate | request_cancel | abandon
+    child_id           INTEGER,                  -- the parent's step number for this child
     search_attributes  TEXT NOT NULL DEFAULT '{}',
     memo               TEXT NOT NULL DEFAULT '{}',
     continued_run_id   TEXT,                     -- the next run of a continue-as-new chain
@@ -33,6 +35,8 @@ CREATE INDEX perdure_workflows_by_created ON perdure_workflows (namespace, creat
 CREATE INDEX perdure_workflows_due
     ON perdure_workflows (namespace, task_queue, wake_at) WHERE status = 'running';
 CREATE INDEX perdure_workflows_by_owner ON perdure_workflows (owner) WHERE owner IS NOT NULL;
+CREATE INDEX perdure_workflows_by_parent
+    ON perdure_workflows (parent_run_id) WHERE parent_run_id IS NOT NULL;
 
 -- Append-only history: the truth from which a run is rebuilt.
 CREATE TABLE perdure_history (
@@ -65,7 +69,8 @@ CREATE TABLE perdure_tasks (
 );
 CREATE INDEX perdure_tasks_due ON perdure_tasks (namespace, task_queue, visible_at);
 
--- Messages for runs: signals, cancel requests. A plain INSERT here signals a workflow:
+-- Messages for runs: signals, cancel requests, updates, child outcomes.
+-- A plain INSERT here signals (kind 'signal') or cancels (kind 'cancel') a workflow:
 --   INSERT INTO perdure_inbox (workflow_id, kind, name, payload)
 --   VALUES ('order-123', 'signal', 'approval', '[{"approved": true}]');
 CREATE TABLE perdure_inbox (
@@ -73,7 +78,7 @@ CREATE TABLE perdure_inbox (
     namespace   TEXT NOT NULL DEFAULT 'default',
     workflow_id TEXT NOT NULL,
     run_id      TEXT,
-    kind        TEXT NOT NULL CHECK (kind IN ('signal', 'cancel')),
+    kind        TEXT NOT NULL CHECK (kind IN ('signal', 'cancel', 'update', 'child_result')),
     name        TEXT,
     payload     TEXT NOT NULL DEFAULT '[]',
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')
@@ -86,6 +91,14 @@ BEGIN
     UPDATE perdure_workflows SET wake_at = '1970-01-01T00:00:00.000000Z'
     WHERE namespace = NEW.namespace AND workflow_id = NEW.workflow_id AND status = 'running';
 END;
+
+-- Outcomes of updates, waiting for the client that asked (it deletes the row).
+CREATE TABLE perdure_replies (
+    reply_id   TEXT PRIMARY KEY,
+    run_id     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,                    -- {"result": ...} or {"error": ..., "rejected": bool}
+    created_at TEXT NOT NULL
+);
 
 -- Live workers and their heartbeats.
 CREATE TABLE perdure_workers (
