@@ -46,7 +46,7 @@ class _Suspend(BaseException):
     """Stops workflow code without letting ``except Exception`` catch it."""
 
 
-class ContinueAsNew(BaseException):  # noqa: N818 - control flow, like StopIteration
+class ContinueAsNew(BaseException):
     """Raised by ``ctx.continue_as_new``; ends the run and starts the next one."""
 
     def __init__(self, args: list[Any]) -> None:
@@ -335,27 +335,22 @@ class WorkflowRunner:
         attrs = event.attributes
         if kind == EventType.WORKFLOW_STARTED:
             self.main_task = self.loop.create_task(self._run_main(attrs.get("args") or []))
-        elif kind == EventType.ACTIVITY_COMPLETED:
+        elif kind in (
+            EventType.ACTIVITY_COMPLETED,
+            EventType.ACTIVITY_FAILED,
+            EventType.ACTIVITY_TIMED_OUT,
+        ):
             fut = self.pending_activities.pop(int(attrs["activity_id"]), None)
-            if fut is not None and not fut.done():
-                fut.set_result(attrs.get("result"))
-        elif kind in (EventType.ACTIVITY_FAILED, EventType.ACTIVITY_TIMED_OUT):
-            fut = self.pending_activities.pop(int(attrs["activity_id"]), None)
-            if fut is not None and not fut.done():
-                fut.set_exception(_activity_error(event))
+            _settle(fut, kind == EventType.ACTIVITY_COMPLETED, event, _activity_error)
+        elif kind in (EventType.CHILD_COMPLETED, EventType.CHILD_FAILED):
+            fut = self.pending_children.pop(int(attrs["child_id"]), None)
+            _settle(fut, kind == EventType.CHILD_COMPLETED, event, _child_error)
         elif kind == EventType.TIMER_FIRED:
             entry = self.pending_timers.pop(int(attrs["timer_id"]), None)
             if entry is not None:
                 entry[0].fire()
         elif kind == EventType.SIGNAL_RECEIVED and "undecodable_payload" not in attrs:
             self._deliver_signal(str(event.name), list(attrs.get("args") or []))
-        elif kind in (EventType.CHILD_COMPLETED, EventType.CHILD_FAILED):
-            child = self.pending_children.pop(int(attrs["child_id"]), None)
-            if child is not None and not child.done():
-                if kind == EventType.CHILD_COMPLETED:
-                    child.set_result(attrs.get("result"))
-                else:
-                    child.set_exception(_child_error(event))
         elif kind == EventType.UPDATE_ACCEPTED:
             self._run_update(
                 str(event.name), str(attrs["update_id"]), list(attrs.get("args") or [])
@@ -514,6 +509,20 @@ def _matches(recorded: HistoryEvent, command: Command) -> bool:
             recorded.attributes.get("activity_type") == command.attributes.get("activity_type")
         )
     return True
+
+
+def _settle(
+    fut: asyncio.Future[Any] | None,
+    ok: bool,
+    event: HistoryEvent,
+    make_error: Callable[[HistoryEvent], BaseException],
+) -> None:
+    if fut is None or fut.done():
+        return
+    if ok:
+        fut.set_result(event.attributes.get("result"))
+    else:
+        fut.set_exception(make_error(event))
 
 
 def _decode_handler_args(handler: Callable[..., Any], args: list[Any], what: str) -> list[Any]:
