@@ -6,7 +6,8 @@ test, cloned from a migrated template on a server this session starts; see
 under ``CI=true``, where that is a failure. ``cockroach`` runs the CockroachDB store
 against PostgreSQL (``PERDURE_TEST_COCKROACH_EMULATION``): polling and injected
 serialization failures; tests ask for it with ``@pytest.mark.parametrize("database_url",
-["cockroach"], indirect=True)``.
+["cockroach"], indirect=True)``, and ``PERDURE_TEST_BACKENDS=sqlite,postgres,cockroach``
+runs every ``app`` test on it too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pgserver import Databases, Unavailable, postgres_databases
 
 import perdure
 
-BACKENDS = ["sqlite", "postgres"]
+BACKENDS = os.environ.get("PERDURE_TEST_BACKENDS", "sqlite,postgres").split(",")
 
 
 def _on_ci() -> bool:

@@ -211,7 +211,7 @@ class PostgresStore(Store):
         # the others then find the migrations applied.
         key = zlib.crc32(f"perdure.migrate.{self.schema}".encode())
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        await conn.execute(self._sql("CREATE SCHEMA IF NOT EXISTS perdure"))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}".encode())
         await conn.execute(
             self._sql(
                 "CREATE TABLE IF NOT EXISTS perdure.schema_version (version integer PRIMARY KEY,"

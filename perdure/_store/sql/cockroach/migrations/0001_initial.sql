@@ -6,8 +6,6 @@
 -- ranges. Every statement is idempotent: there are no advisory locks, so processes that
 -- migrate at once all run it, and the losers of a race find the objects already there.
 
-CREATE SCHEMA IF NOT EXISTS perdure;
-
 CREATE TABLE IF NOT EXISTS perdure.workflows (
     run_id             text PRIMARY KEY,
     namespace          text NOT NULL,

@@ -1,8 +1,7 @@
 -- perdure schema, version 1 (PostgreSQL). The tables live in their own schema, "perdure"
--- unless the URL says ?schema=...: every "perdure." below is replaced by that name.
+-- unless the URL says ?schema=...: every "perdure." below is replaced by that name (the
+-- store creates the schema itself, before the first migration).
 -- Times are timestamptz. Payloads are jsonb, except history attributes (see there).
-
-CREATE SCHEMA IF NOT EXISTS perdure;
 
 -- One row per run. At most one 'running' run per (namespace, workflow_id).
 CREATE TABLE perdure.workflows (
