@@ -68,6 +68,7 @@ _QUIET_ATTRIBUTES = frozenset(
         "activity_id",
         "timer_id",
         "child_id",
+        "update_id",
         "retry",
         "fire_at",
     }
@@ -256,7 +257,9 @@ def parse_json_args(
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             hint = "each argument is one JSON literal, e.g. 5, true, '{\"a\": 1}', '\"text\"'"
-            if text.strip() and text.strip()[0] not in '{["':
+            if text.startswith("-") and len(text) > 1 and not text[1].isdigit():
+                hint = "no such option (see --help)"
+            elif text.strip() and text.strip()[0] not in '{["':
                 hint = f"strings need JSON double quotes: '{json.dumps(text)}'"
             raise click.BadParameter(
                 f"argument {i}, {text!r}, is not valid JSON ({reason}); {hint}",
@@ -534,7 +537,10 @@ def worker(
     run_async(app, serve)
 
 
-@main.command()
+_JSON_ARGS = {"ignore_unknown_options": True}  # so that -1 is an argument, not an option
+
+
+@main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_type")
 @click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
 @click.option("--workflow-id", "-w", metavar="ID", help="Workflow id. [default: a random uuid]")
@@ -726,7 +732,7 @@ def history(
         console().print(history_table(events, title=title))
 
 
-@main.command()
+@main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_id")
 @click.argument("name")
 @click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
@@ -778,6 +784,94 @@ def cancel(
 
     run_async(app, go)
     click.echo(f"requested cancellation of {workflow_id}")
+
+
+@main.command()
+@click.argument("workflow_id")
+@_run_id_option
+@click.option("--reason", default="terminated", show_default=True, metavar="TEXT")
+@_database_options
+def terminate(
+    workflow_id: str,
+    run_id: str | None,
+    reason: str,
+    app_ref: str | None,
+    database_url: str | None,
+    namespace: str | None,
+) -> None:
+    """End a running workflow at once, without running its code (no cleanup)."""
+    app = client_app(app_ref, database_url, namespace)
+    _require_database(app)
+
+    async def go(app: App) -> None:
+        await app.get_handle(workflow_id, run_id=run_id).terminate(reason=reason)
+
+    run_async(app, go)
+    click.echo(f"terminated {workflow_id}")
+
+
+@main.command(context_settings=_JSON_ARGS)
+@click.argument("workflow_id")
+@click.argument("name")
+@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_run_id_option
+@_database_options
+def query(
+    workflow_id: str,
+    name: str,
+    args: tuple[Any, ...],
+    run_id: str | None,
+    app_ref: str | None,
+    database_url: str | None,
+    namespace: str | None,
+) -> None:
+    """Ask a workflow's query handler NAME; prints the answer as JSON.
+
+    The answer comes from replaying the run's history with the code of
+    --app, so pass the App that registers the workflow.
+
+    \b
+    perdure query order-1 status --app myapp:app
+    """
+    app = client_app(app_ref, database_url, namespace)
+    _require_database(app)
+
+    async def go(app: App) -> Any:
+        return await app.get_handle(workflow_id, run_id=run_id).query(name, *args)
+
+    _echo_json(run_async(app, go))
+
+
+@main.command(context_settings=_JSON_ARGS)
+@click.argument("workflow_id")
+@click.argument("name")
+@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_run_id_option
+@click.option("--timeout", callback=_duration, metavar="DURATION", help="Give up after this long.")
+@_database_options
+def update(
+    workflow_id: str,
+    name: str,
+    args: tuple[Any, ...],
+    run_id: str | None,
+    timeout: float | None,
+    app_ref: str | None,
+    database_url: str | None,
+    namespace: str | None,
+) -> None:
+    """Run a workflow's update handler NAME (a worker must be running); prints its result.
+
+    \b
+    perdure update order-1 set-address '{"city": "Lyon"}'
+    """
+    app = client_app(app_ref, database_url, namespace)
+    _require_database(app)
+
+    async def go(app: App) -> Any:
+        handle = app.get_handle(workflow_id, run_id=run_id)
+        return await handle.update(name, *args, timeout=timeout)
+
+    _echo_json(run_async(app, go))
 
 
 @main.group(cls=_Group)
