@@ -2,8 +2,10 @@
 
     python examples/hello.py
 
-The same app also works from the command line (run these in examples/):
+The same app works from the command line too, on a database you name
+(run these in examples/):
 
+    export PERDURE_DATABASE_URL=sqlite:///hello.db
     perdure worker hello:app &
     perdure start hello '"Ada"' --app hello:app --wait
 """
@@ -11,13 +13,14 @@ The same app also works from the command line (run these in examples/):
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import tempfile
-from pathlib import Path
 
 from perdure import App, WorkflowContext
 
-DATABASE = Path(tempfile.gettempdir()) / "perdure-hello.db"
-app = App(f"sqlite:///{DATABASE}")
+FOLDER = tempfile.mkdtemp(prefix="perdure-hello-")
+app = App(os.environ.get("PERDURE_DATABASE_URL") or f"sqlite:///{FOLDER}/hello.db")
 
 
 @app.activity
@@ -36,4 +39,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(FOLDER, ignore_errors=True)
