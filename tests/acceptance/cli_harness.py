@@ -142,6 +142,25 @@ async def boom(ctx: WorkflowContext, message: str) -> None:
 @app.workflow(name="waiter")
 async def waiter(ctx: WorkflowContext, signal_name: str) -> Any:
     return await ctx.wait_for_signal(signal_name, timeout="10m")
+
+
+@app.workflow(name="counter")
+async def counter(ctx: WorkflowContext, start: int) -> int:
+    value = start
+
+    def add(n: int) -> int:
+        nonlocal value
+        value += n
+        return value
+
+    def positive(n: int) -> None:
+        if n <= 0:
+            raise ValueError(f"n must be positive, got {n}")
+
+    ctx.set_query_handler("value", lambda: value)
+    ctx.set_update_handler("add", add, validator=positive)
+    await ctx.wait_for_signal("stop", timeout="10m")
+    return value
 '''
 
 

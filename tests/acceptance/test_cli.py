@@ -44,7 +44,19 @@ def assert_clean_error(
 
 
 # -- help, version, migrate ----------------------------------------------------
-COMMANDS = ["worker", "start", "result", "list", "describe", "history", "signal", "cancel"]
+COMMANDS = [
+    "worker",
+    "start",
+    "result",
+    "list",
+    "describe",
+    "history",
+    "signal",
+    "cancel",
+    "terminate",
+    "query",
+    "update",
+]
 
 
 def test_help_and_version(cli: Cli) -> None:
@@ -229,6 +241,33 @@ def test_worker_on_another_database_and_namespace(
     finally:
         code = worker.stop()
     assert code == 0, worker.output()
+
+
+@pytest.mark.skipif(
+    not hasattr(perdure.WorkflowHandle, "terminate"), reason="the engine has no terminate yet"
+)
+def test_terminate(cli: Cli, worker: WorkerProcess) -> None:
+    cli.ok("start", "waiter", '"never"', "-w", "term-1", "--app", "wfapp:app")
+    assert "term-1" in cli.ok("terminate", "term-1", "--reason", "obsolete")
+    assert_clean_error(cli("result", "term-1", "--timeout", "30s"), "TerminatedError", "obsolete")
+    assert json.loads(cli.ok("describe", "term-1", "--json"))["status"] == "terminated"
+    assert_clean_error(cli("terminate", "term-1"), "error:", "term-1")  # not running any more
+
+
+@pytest.mark.skipif(
+    not hasattr(perdure.WorkflowHandle, "update"), reason="the engine has no query/update yet"
+)
+def test_query_and_update(cli: Cli, worker: WorkerProcess) -> None:
+    cli.ok("start", "counter", "10", "-w", "count-1", "--app", "wfapp:app")
+    assert json.loads(cli.ok("update", "count-1", "add", "5", "--timeout", "30s")) == 15
+    assert_clean_error(cli("update", "count-1", "add", "-1"), "error:", "n must be positive")
+    assert_clean_error(cli("update", "count-1", "nope"), "error:", "nope")
+    assert json.loads(cli.ok("query", "count-1", "value", "--app", "wfapp:app")) == 15
+    assert_clean_error(cli("query", "count-1", "nope", "--app", "wfapp:app"), "error:", "nope")
+    cli.ok("signal", "count-1", "stop")
+    assert json.loads(cli.ok("result", "count-1", "--timeout", "30s")) == 15
+    # a closed run still answers queries, by replay
+    assert json.loads(cli.ok("query", "count-1", "value", "--app", "wfapp:app")) == 15
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
