@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from cli_harness import Cli, WorkerProcess, base_env, write_app_module
@@ -376,3 +377,25 @@ def test_module_entry_point_is_the_same_cli() -> None:
         env=base_env(),
     )
     assert proc.returncode == 0 and "Usage: perdure" in proc.stdout
+
+
+# -- the same commands on PostgreSQL (skipped without PostgreSQL binaries) ----------
+def test_cli_on_postgres(postgres: Any, tmp_path: Path, app_module: Path) -> None:
+    # ``postgres`` is tests/conftest.py's fixture: a pgserver.Databases
+    url = postgres.url_for(postgres.create())
+    cli = Cli(cwd=tmp_path, env=base_env(PERDURE_DATABASE_URL=url))
+    assert "migrated postgresql://" in cli.ok("db", "migrate")
+    worker = WorkerProcess(cli, "wfapp:app", log=tmp_path / "pg-worker.log")
+    try:
+        worker.wait_ready()
+        out = cli.ok("start", "hello", '"Pia"', "-w", "pg-1", "--app", "wfapp:app", "--wait")
+        assert out.strip().endswith('"Hello, Pia!"')
+        cli.ok("start", "waiter", '"go"', "-w", "pg-2")
+        cli.ok("signal", "pg-2", "go", "[1, 2]")
+        assert json.loads(cli.ok("result", "pg-2", "--timeout", "30s")) == [1, 2]
+        assert {d["workflow_id"] for d in json.loads(cli.ok("list", "--json"))} == {"pg-1", "pg-2"}
+        assert "workflow_completed" in cli.ok("history", "pg-1")
+        assert_clean_error(cli("describe", "nope"), "error: no workflow with id 'nope'")
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.output()
