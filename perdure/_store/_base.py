@@ -101,6 +101,28 @@ class NewTask:
     task_queue: str | None
     scheduled_at: datetime
     visible_at: datetime
+    label: str = ""
+    args: list[Any] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoteTask:
+    """An activity claimed from a task queue by a worker that does not hold its run."""
+
+    namespace: str
+    run_id: str
+    workflow_id: str
+    workflow_type: str
+    activity_id: int
+    activity_type: str
+    task_queue: str
+    label: str
+    args: list[Any]
+    options: dict[str, Any]
+    attempt: int
+    scheduled_at: datetime
+    heartbeat_details: list[Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -264,6 +286,42 @@ class Store(abc.ABC):
         last_failure: dict[str, Any],
     ) -> None:
         """Record a failed attempt and when the next one is due (durable backoff)."""
+
+    @abc.abstractmethod
+    async def claim_activity_tasks(
+        self,
+        *,
+        namespace: str,
+        worker_id: str,
+        task_queues: list[str],
+        activity_types: list[str],
+        limit: int,
+        lease_until: datetime,
+    ) -> list[RemoteTask]:
+        """Take due activities of these queues whose run lives on some other worker."""
+
+    @abc.abstractmethod
+    async def finish_remote_task(
+        self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
+    ) -> bool:
+        """Delete a claimed task and post its outcome to the run's inbox; False if lost."""
+
+    @abc.abstractmethod
+    async def retry_remote_task(
+        self,
+        task: RemoteTask,
+        worker_id: str,
+        *,
+        attempt: int,
+        visible_at: datetime,
+        heartbeat_details: list[Any],
+        last_failure: dict[str, Any],
+    ) -> None:
+        """Give a claimed task back with its next attempt due at ``visible_at``."""
+
+    @abc.abstractmethod
+    async def release_tasks(self, worker_id: str) -> None:
+        """Give back every activity task this worker claimed (graceful shutdown)."""
 
     @abc.abstractmethod
     async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None: ...

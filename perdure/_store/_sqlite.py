@@ -19,6 +19,7 @@ from perdure._store._base import (
     InboxItem,
     ListFilter,
     NewRun,
+    RemoteTask,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -322,6 +323,101 @@ class SQLiteStore(Store):
 
         await self.db.write(tx)
 
+    async def claim_activity_tasks(
+        self,
+        *,
+        namespace: str,
+        worker_id: str,
+        task_queues: list[str],
+        activity_types: list[str],
+        limit: int,
+        lease_until: datetime,
+    ) -> list[RemoteTask]:
+        params = {
+            "namespace": namespace,
+            "worker_id": worker_id,
+            "task_queues": _dumps(task_queues),
+            "activity_types": _dumps(activity_types),
+            "limit": limit,
+            "lease_until": fmt(lease_until),
+            "now": fmt(utcnow()),
+        }
+
+        def tx(conn: sqlite3.Connection) -> list[RemoteTask]:
+            rows = conn.execute(_Q["claim_activity_tasks"], params).fetchall()
+            tasks = []
+            for r in rows:
+                run = conn.execute(_Q["get_run"], {"run_id": r["run_id"]}).fetchone()
+                tasks.append(
+                    RemoteTask(
+                        namespace=r["namespace"],
+                        run_id=r["run_id"],
+                        workflow_id=run["workflow_id"],
+                        workflow_type=run["workflow_type"],
+                        activity_id=r["activity_id"],
+                        activity_type=r["activity_type"],
+                        task_queue=r["task_queue"],
+                        label=r["label"],
+                        args=json.loads(r["args"]),
+                        options=json.loads(r["options"]),
+                        attempt=r["attempt"],
+                        scheduled_at=parse(r["scheduled_at"]),
+                        heartbeat_details=json.loads(r["heartbeat_details"]),
+                    )
+                )
+            return tasks
+
+        return await self.db.write(tx)
+
+    async def finish_remote_task(
+        self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
+    ) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(
+                _Q["finish_remote_task"],
+                {"run_id": task.run_id, "activity_id": task.activity_id, "worker_id": worker_id},
+            ).rowcount
+            if deleted != 1:
+                return False
+            _insert_inbox(
+                conn,
+                task.namespace,
+                task.workflow_id,
+                task.run_id,
+                "activity_result",
+                task.label,
+                [outcome],
+            )
+            return True
+
+        return await self.db.write(tx)
+
+    async def retry_remote_task(
+        self,
+        task: RemoteTask,
+        worker_id: str,
+        *,
+        attempt: int,
+        visible_at: datetime,
+        heartbeat_details: list[Any],
+        last_failure: dict[str, Any],
+    ) -> None:
+        params = {
+            "run_id": task.run_id,
+            "activity_id": task.activity_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "visible_at": fmt(visible_at),
+            "heartbeat_details": _dumps(heartbeat_details),
+            "last_failure": _dumps(last_failure),
+        }
+        await self.db.write(lambda conn: conn.execute(_Q["retry_remote_task"], params))
+
+    async def release_tasks(self, worker_id: str) -> None:
+        await self.db.write(
+            lambda conn: conn.execute(_Q["release_tasks"], {"worker_id": worker_id})
+        )
+
     async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None:
         params = {
             "run_id": run_id,
@@ -334,6 +430,7 @@ class SQLiteStore(Store):
         params = {"worker_id": worker_id, "lease_until": fmt(lease_until)}
 
         def tx(conn: sqlite3.Connection) -> set[str]:
+            conn.execute(_Q["renew_task_leases"], params)
             return {r["run_id"] for r in conn.execute(_Q["renew_leases"], params).fetchall()}
 
         return await self.db.write(tx)
@@ -495,6 +592,9 @@ def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
                 "activity_id": t.activity_id,
                 "activity_type": t.activity_type,
                 "task_queue": t.task_queue,
+                "label": t.label,
+                "args": _dumps(t.args),
+                "options": _dumps(t.options),
                 "scheduled_at": fmt(t.scheduled_at),
                 "visible_at": fmt(t.visible_at),
             }

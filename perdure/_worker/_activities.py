@@ -14,7 +14,7 @@ from perdure import _activity_state
 from perdure._activity_state import ActivityInfo, ActivityState
 from perdure._converter import to_jsonable
 from perdure._errors import ApplicationError, TimeoutError, failure_to_dict
-from perdure._registry import ActivityDefinition
+from perdure._registry import ActivityDefinition, ActivityOptions
 from perdure._retry import RetryPolicy
 
 
@@ -26,7 +26,7 @@ class PendingActivity:
     activity_type: str
     label: str
     args: list[Any]
-    retry: RetryPolicy
+    retry: RetryPolicy | None
     start_to_close: float | None
     schedule_to_close: float | None
     heartbeat_timeout: float | None
@@ -47,7 +47,7 @@ class PendingActivity:
             activity_type=str(attrs["activity_type"]),
             label=label,
             args=list(attrs.get("args") or []),
-            retry=RetryPolicy.from_dict(attrs["retry"]),
+            retry=RetryPolicy.from_dict(attrs["retry"]) if attrs.get("retry") else None,
             start_to_close=attrs.get("start_to_close_timeout"),
             schedule_to_close=attrs.get("schedule_to_close_timeout"),
             heartbeat_timeout=attrs.get("heartbeat_timeout"),
@@ -56,6 +56,16 @@ class PendingActivity:
             visible_at=scheduled_at,
             heartbeat_details=[],
         )
+
+    def apply_defaults(self, options: ActivityOptions) -> None:
+        """Fill what the call left open with the executing worker's registered defaults."""
+        self.retry = self.retry or options.retry or RetryPolicy()
+        if self.start_to_close is None:
+            self.start_to_close = options.start_to_close_timeout
+        if self.schedule_to_close is None:
+            self.schedule_to_close = options.schedule_to_close_timeout
+        if self.heartbeat_timeout is None:
+            self.heartbeat_timeout = options.heartbeat_timeout
 
     def cancel(self) -> None:
         if self.state is not None:
@@ -162,7 +172,7 @@ class Verdict:
 def judge_failure(act: PendingActivity, error: BaseException, now: datetime) -> Verdict:
     failure = failure_to_dict(error)
     timed_out = isinstance(error, TimeoutError)
-    policy = act.retry
+    policy = act.retry or RetryPolicy()
     if isinstance(error, ApplicationError) and error.non_retryable:
         return Verdict(True, timed_out, failure)
     if policy.is_non_retryable(str(failure["type"])):

@@ -35,6 +35,7 @@ from perdure._store._base import (
     Message,
     NewRun,
     NewTask,
+    RemoteTask,
     RunClose,
     RunRecord,
     StepCommit,
@@ -66,6 +67,19 @@ class WorkerStats:
     events_replayed: int = 0
     steps_committed: int = 0
     activities_started: int = 0
+
+
+_ACTIVITY_OUTCOMES = {
+    "completed": EventType.ACTIVITY_COMPLETED,
+    "failed": EventType.ACTIVITY_FAILED,
+    "timed_out": EventType.ACTIVITY_TIMED_OUT,
+}
+_ACTIVITY_OPTIONS = (
+    "retry",
+    "start_to_close_timeout",
+    "schedule_to_close_timeout",
+    "heartbeat_timeout",
+)
 
 
 class WorkerState(StrEnum):
@@ -109,6 +123,7 @@ class Worker:
         self._activity_slots = asyncio.Semaphore(max_concurrent_activities)
         self._pool: ThreadPoolExecutor | None = None
         self._adopting: set[asyncio.Task[None]] = set()
+        self._remote: set[asyncio.Task[None]] = set()
         self.clock = app._clock
         self.stats = WorkerStats()
         self._skip_check_pending = False
@@ -176,6 +191,10 @@ class Worker:
                     act.task.cancel()  # waiting out a backoff: the database keeps it
         if running:
             await asyncio.wait(running, timeout=self.graceful_shutdown_timeout)
+        if self._remote:
+            await asyncio.wait(list(self._remote), timeout=self.graceful_shutdown_timeout)
+            for job in list(self._remote):
+                job.cancel()
         drains = [r.drain_task for r in self.runs.values() if r.drain_task is not None]
         if drains:
             await asyncio.wait(drains, timeout=self.graceful_shutdown_timeout)
@@ -185,6 +204,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         try:
+            await self.store.release_tasks(self.worker_id)
             await self.store.deregister_worker(self.worker_id)
         finally:
             if self._pool is not None:
@@ -203,6 +223,7 @@ class Worker:
                 self._wake.clear()
                 await self._claim()
                 await self._pull_inbox()
+                await self._claim_activities()
                 backoff = self.poll_interval
             except asyncio.CancelledError:
                 raise
@@ -328,8 +349,8 @@ class Worker:
         }
         for task in tasks:
             event = scheduled.get(task.activity_id)
-            if event is None:
-                continue
+            if event is None or task.task_queue is not None:
+                continue  # activities of other task queues are not ours to run
             act = PendingActivity.from_scheduled(
                 event.attributes, event.name or task.activity_type, task.scheduled_at
             )
@@ -340,6 +361,77 @@ class Worker:
             self._launch_activity(run, act)
         self._take_inbox(run, inbox)
         self._kick(run)
+
+    # -- activities of task queues (their runs live elsewhere) ------------
+    async def _claim_activities(self) -> None:
+        types = list(self.app._registry.activities)
+        capacity = self.max_concurrent_activities - len(self._remote)
+        if not types or capacity <= 0:
+            return
+        tasks = await self.store.claim_activity_tasks(
+            namespace=self.app.namespace,
+            worker_id=self.worker_id,
+            task_queues=self.task_queues,
+            activity_types=types,
+            limit=min(capacity, 64),
+            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
+        )
+        for task in tasks:
+            job = asyncio.create_task(self._run_remote(task))
+            self._remote.add(job)
+            job.add_done_callback(self._remote.discard)
+
+    async def _run_remote(self, task: RemoteTask) -> None:
+        """Run one claimed attempt; report the outcome, or give the task back for a retry."""
+        act = PendingActivity.from_scheduled(
+            {
+                **task.options,
+                "activity_id": task.activity_id,
+                "activity_type": task.activity_type,
+                "args": task.args,
+            },
+            task.label,
+            task.scheduled_at,
+        )
+        act.attempt = task.attempt
+        act.heartbeat_details = task.heartbeat_details
+        defn = self.app._registry.activities[task.activity_type]
+        act.apply_defaults(defn.options)
+        info = self._activity_info(
+            task.namespace, task.workflow_id, task.run_id, task.workflow_type, task.task_queue, act
+        )
+        async with self._activity_slots:
+            act.in_attempt = True
+            outcome = await run_attempt(act, defn, info, self._pool_(), self.clock.now())
+        if act.state is not None:
+            act.heartbeat_details = list(act.state.details)
+        base = {
+            "activity_id": act.activity_id,
+            "activity_type": act.activity_type,
+            "attempt": act.attempt,
+        }
+        if outcome.ok:
+            await self.store.finish_remote_task(
+                task, self.worker_id, {**base, "status": "completed", "result": outcome.value}
+            )
+            return
+        assert outcome.error is not None
+        verdict = judge_failure(act, outcome.error, self.clock.now())
+        if verdict.final:
+            status = "timed_out" if verdict.timed_out else "failed"
+            await self.store.finish_remote_task(
+                task, self.worker_id, {**base, "status": status, "error": verdict.failure}
+            )
+            return
+        assert verdict.retry_at is not None
+        await self.store.retry_remote_task(
+            task,
+            self.worker_id,
+            attempt=act.attempt + 1,
+            visible_at=verdict.retry_at,
+            heartbeat_details=act.heartbeat_details,
+            last_failure=verdict.failure,
+        )
 
     # -- inputs ----------------------------------------------------------
     async def _pull_inbox(self) -> None:
@@ -390,6 +482,16 @@ class Worker:
                 run.inputs.append(
                     Input(
                         EventType.CHILD_COMPLETED if completed else EventType.CHILD_FAILED,
+                        item.name,
+                        body,
+                        inbox_id=item.inbox_id,
+                    )
+                )
+            elif item.kind == "activity_result":
+                body = item.payload[0] if item.payload and isinstance(item.payload[0], dict) else {}
+                run.inputs.append(
+                    Input(
+                        _ACTIVITY_OUTCOMES.get(str(body.pop("status", "")), "activity_failed"),
                         item.name,
                         body,
                         inbox_id=item.inbox_id,
@@ -628,6 +730,7 @@ class Worker:
                     )
                     outcome_ok, value = False, None
                 else:
+                    act.apply_defaults(defn.options)
                     async with self._activity_slots:
                         act.in_attempt = True
                         try:
@@ -700,15 +803,29 @@ class Worker:
         self._kick(run)
 
     def _info(self, run: HeldRun, act: PendingActivity) -> ActivityInfo:
+        rec = run.record
+        return self._activity_info(
+            rec.namespace, rec.workflow_id, rec.run_id, rec.workflow_type, rec.task_queue, act
+        )
+
+    def _activity_info(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        task_queue: str,
+        act: PendingActivity,
+    ) -> ActivityInfo:
         return ActivityInfo(
-            namespace=run.record.namespace,
-            workflow_id=run.record.workflow_id,
-            run_id=run.run_id,
-            workflow_type=run.record.workflow_type,
+            namespace=namespace,
+            workflow_id=workflow_id,
+            run_id=run_id,
+            workflow_type=workflow_type,
             activity_id=act.activity_id,
             activity_type=act.activity_type,
             attempt=act.attempt,
-            task_queue=run.record.task_queue,
+            task_queue=task_queue,
             scheduled_at=act.scheduled_at,
             started_at=self.clock.now(),
             heartbeat_details=tuple(act.heartbeat_details),
@@ -759,7 +876,8 @@ def _plan(run: HeldRun, events: list[HistoryEvent], now: datetime) -> _Plan:
         kind = event.event_type
         if kind == EventType.ACTIVITY_SCHEDULED:
             act = PendingActivity.from_scheduled(attrs, event.name or "", now)
-            plan.new_activities.append(act)
+            if attrs.get("task_queue") is None:
+                plan.new_activities.append(act)  # runs here, right after the commit
             plan.new_tasks.append(
                 NewTask(
                     activity_id=act.activity_id,
@@ -767,6 +885,9 @@ def _plan(run: HeldRun, events: list[HistoryEvent], now: datetime) -> _Plan:
                     task_queue=attrs.get("task_queue"),
                     scheduled_at=now,
                     visible_at=now,
+                    label=act.label,
+                    args=act.args,
+                    options={k: attrs.get(k) for k in _ACTIVITY_OPTIONS},
                 )
             )
         elif kind == EventType.ACTIVITY_CANCELED:

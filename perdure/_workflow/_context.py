@@ -125,7 +125,6 @@ class WorkflowContext:
         else:
             encoded = [to_jsonable(a, what=f"argument of activity {activity_type!r}") for a in args]
         activity_id = runner.new_id()
-        policy = options.retry or RetryPolicy()
         runner.issue(
             Command(
                 event_type=EventType.ACTIVITY_SCHEDULED,
@@ -135,7 +134,8 @@ class WorkflowContext:
                     "activity_type": activity_type,
                     "args": encoded,
                     "task_queue": options.task_queue,
-                    "retry": policy.to_dict(),
+                    # None: the executing worker's registered default applies
+                    "retry": options.retry.to_dict() if options.retry else None,
                     "start_to_close_timeout": options.start_to_close_timeout,
                     "schedule_to_close_timeout": options.schedule_to_close_timeout,
                     "heartbeat_timeout": options.heartbeat_timeout,

@@ -63,9 +63,11 @@ VALUES (:run_id, :seq, :event_type, :name, :attributes, :created_at);
 
 -- name: insert_task
 INSERT INTO perdure_tasks (
-    namespace, run_id, activity_id, activity_type, task_queue, attempt, scheduled_at, visible_at
+    namespace, run_id, activity_id, activity_type, task_queue, label, args, options, attempt,
+    scheduled_at, visible_at
 ) VALUES (
-    :namespace, :run_id, :activity_id, :activity_type, :task_queue, 1, :scheduled_at, :visible_at
+    :namespace, :run_id, :activity_id, :activity_type, :task_queue, :label, :args, :options, 1,
+    :scheduled_at, :visible_at
 );
 
 -- name: delete_task
@@ -162,3 +164,33 @@ WHERE namespace = :namespace AND workflow_id = :workflow_id AND kind = 'update'
 -- name: bump_seq
 UPDATE perdure_workflows SET next_event_seq = next_event_seq + 1
 WHERE run_id = :run_id RETURNING next_event_seq - 1 AS seq;
+
+-- name: claim_activity_tasks
+UPDATE perdure_tasks SET owner = :worker_id, lease_expires_at = :lease_until
+WHERE task_id IN (
+    SELECT t.task_id FROM perdure_tasks t
+    JOIN perdure_workflows w ON w.run_id = t.run_id AND w.status = 'running'
+    WHERE t.namespace = :namespace
+      AND t.task_queue IN (SELECT value FROM json_each(:task_queues))
+      AND t.activity_type IN (SELECT value FROM json_each(:activity_types))
+      AND t.visible_at <= :now
+      AND (t.owner IS NULL OR t.lease_expires_at < :now)
+    ORDER BY t.visible_at LIMIT :limit
+)
+RETURNING *;
+
+-- name: finish_remote_task
+DELETE FROM perdure_tasks
+WHERE run_id = :run_id AND activity_id = :activity_id AND owner = :worker_id;
+
+-- name: retry_remote_task
+UPDATE perdure_tasks
+SET attempt = :attempt, visible_at = :visible_at, heartbeat_details = :heartbeat_details,
+    last_failure = :last_failure, owner = NULL, lease_expires_at = NULL
+WHERE run_id = :run_id AND activity_id = :activity_id AND owner = :worker_id;
+
+-- name: renew_task_leases
+UPDATE perdure_tasks SET lease_expires_at = :lease_until WHERE owner = :worker_id;
+
+-- name: release_tasks
+UPDATE perdure_tasks SET owner = NULL, lease_expires_at = NULL WHERE owner = :worker_id;

@@ -50,7 +50,8 @@ CREATE TABLE perdure_history (
 ) WITHOUT ROWID;
 
 -- Activities scheduled and not yet finished; visible_at doubles as retry backoff.
--- task_queue NULL: runs on the worker that holds the run.
+-- task_queue NULL: runs on the worker that holds the run; otherwise any worker polling
+-- that queue claims it (owner/lease_expires_at) and reports back through the inbox.
 CREATE TABLE perdure_tasks (
     task_id           INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace         TEXT NOT NULL,
@@ -58,6 +59,9 @@ CREATE TABLE perdure_tasks (
     activity_id       INTEGER NOT NULL,
     activity_type     TEXT NOT NULL,
     task_queue        TEXT,
+    label             TEXT NOT NULL DEFAULT '',
+    args              TEXT NOT NULL DEFAULT '[]',
+    options           TEXT NOT NULL DEFAULT '{}', -- retry policy and timeouts
     attempt           INTEGER NOT NULL DEFAULT 1,
     scheduled_at      TEXT NOT NULL,
     visible_at        TEXT NOT NULL,
@@ -78,7 +82,8 @@ CREATE TABLE perdure_inbox (
     namespace   TEXT NOT NULL DEFAULT 'default',
     workflow_id TEXT NOT NULL,
     run_id      TEXT,
-    kind        TEXT NOT NULL CHECK (kind IN ('signal', 'cancel', 'update', 'child_result')),
+    kind        TEXT NOT NULL
+                CHECK (kind IN ('signal', 'cancel', 'update', 'child_result', 'activity_result')),
     name        TEXT,
     payload     TEXT NOT NULL DEFAULT '[]',
     created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z')
