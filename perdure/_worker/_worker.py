@@ -28,15 +28,11 @@ from perdure._errors import (
     UpdateRejectedError,
     failure_to_dict,
 )
-from perdure._history import COMMAND_EVENTS, EventType, HistoryEvent
+from perdure._history import EventType, HistoryEvent
 from perdure._registry import ActivityDefinition
 from perdure._store._base import (
     InboxItem,
-    Message,
-    NewRun,
-    NewTask,
     RemoteTask,
-    RunClose,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -44,6 +40,7 @@ from perdure._store._base import (
     utcnow,
 )
 from perdure._worker._activities import PendingActivity, judge_failure, run_attempt
+from perdure._worker._plan import Plan, plan_step, wake_after
 from perdure._worker._run import HeldRun, Input
 from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
 
@@ -51,12 +48,6 @@ if TYPE_CHECKING:
     from perdure._app import App
 
 log = logging.getLogger("perdure.worker")
-
-_CLOSING: dict[str, str] = {
-    EventType.WORKFLOW_COMPLETED: "completed",
-    EventType.WORKFLOW_FAILED: "failed",
-    EventType.WORKFLOW_CANCELED: "canceled",
-}
 
 
 @dataclass(slots=True)
@@ -74,12 +65,6 @@ _ACTIVITY_OUTCOMES = {
     "failed": EventType.ACTIVITY_FAILED,
     "timed_out": EventType.ACTIVITY_TIMED_OUT,
 }
-_ACTIVITY_OPTIONS = (
-    "retry",
-    "start_to_close_timeout",
-    "schedule_to_close_timeout",
-    "heartbeat_timeout",
-)
 
 
 class WorkerState(StrEnum):
@@ -575,7 +560,7 @@ class Worker:
                     )
                 )
                 seq += 1
-        plan = _plan(run, events, now)
+        plan = plan_step(run, events, now)
         plan.replies.update(rejected)
         if plan.close is not None:
             for update_id in run.runner.pending_updates:
@@ -589,7 +574,7 @@ class Worker:
         finished += plan.canceled_activities
         new_tasks = [t for t in plan.new_tasks if t.activity_id not in plan.canceled_activities]
         finished = [a for a in finished if a not in {t.activity_id for t in plan.new_tasks}]
-        wake = _wake_after(run, plan, now)
+        wake = wake_after(run, plan, now)
         await self.store.commit_step(
             StepCommit(
                 namespace=run.record.namespace,
@@ -616,7 +601,7 @@ class Worker:
             run.inbox_seen.discard(inbox_id)
         self._apply(run, plan)
 
-    def _apply(self, run: HeldRun, plan: _Plan) -> None:
+    def _apply(self, run: HeldRun, plan: Plan) -> None:
         """Act on a committed step: start activities and timers, or let the run go."""
         for reply_id in plan.replies:
             self.app._reply_ready(reply_id)
@@ -834,157 +819,3 @@ class Worker:
     def _pool_(self) -> ThreadPoolExecutor:
         assert self._pool is not None
         return self._pool
-
-
-class _Plan:
-    """What a step's new command events ask the worker to do once committed."""
-
-    __slots__ = (
-        "canceled_activities",
-        "canceled_timers",
-        "children",
-        "close",
-        "continue_as_new",
-        "messages",
-        "new_activities",
-        "new_tasks",
-        "new_timers",
-        "replies",
-        "search_attributes",
-    )
-
-    def __init__(self) -> None:
-        self.children: list[NewRun] = []
-        self.messages: list[Message] = []
-        self.replies: dict[str, dict[str, Any]] = {}
-        self.search_attributes: dict[str, Any] = {}
-        self.continue_as_new: NewRun | None = None
-        self.new_tasks: list[NewTask] = []
-        self.new_activities: list[PendingActivity] = []
-        self.canceled_activities: list[int] = []
-        self.new_timers: list[tuple[int, datetime]] = []
-        self.canceled_timers: list[int] = []
-        self.close: RunClose | None = None
-
-
-def _plan(run: HeldRun, events: list[HistoryEvent], now: datetime) -> _Plan:
-    plan = _Plan()
-    for event in events:
-        if event.event_type not in COMMAND_EVENTS:
-            continue
-        attrs = event.attributes
-        kind = event.event_type
-        if kind == EventType.ACTIVITY_SCHEDULED:
-            act = PendingActivity.from_scheduled(attrs, event.name or "", now)
-            if attrs.get("task_queue") is None:
-                plan.new_activities.append(act)  # runs here, right after the commit
-            plan.new_tasks.append(
-                NewTask(
-                    activity_id=act.activity_id,
-                    activity_type=act.activity_type,
-                    task_queue=attrs.get("task_queue"),
-                    scheduled_at=now,
-                    visible_at=now,
-                    label=act.label,
-                    args=act.args,
-                    options={k: attrs.get(k) for k in _ACTIVITY_OPTIONS},
-                )
-            )
-        elif kind == EventType.ACTIVITY_CANCELED:
-            plan.canceled_activities.append(int(attrs["activity_id"]))
-        elif kind == EventType.TIMER_STARTED:
-            plan.new_timers.append((int(attrs["timer_id"]), _parse_time(attrs["fire_at"])))
-        elif kind == EventType.TIMER_CANCELED:
-            plan.canceled_timers.append(int(attrs["timer_id"]))
-        elif kind in _CLOSING:
-            error = attrs.get("error")
-            if kind == EventType.WORKFLOW_CANCELED:
-                error = {"type": "CancelledError", "message": "workflow canceled"}
-            plan.close = RunClose(status=_CLOSING[kind], result=attrs.get("result"), error=error)
-        elif kind == EventType.WORKFLOW_CONTINUED_AS_NEW:
-            rec = run.record
-            plan.continue_as_new = NewRun(
-                namespace=rec.namespace,
-                workflow_id=rec.workflow_id,
-                run_id=str(attrs["new_run_id"]),
-                workflow_type=rec.workflow_type,
-                task_queue=rec.task_queue,
-                input=list(attrs.get("args") or []),
-                wake_at=now,
-                parent_workflow_id=rec.parent_workflow_id,
-                parent_run_id=rec.parent_run_id,
-                parent_close_policy=rec.parent_close_policy,
-                child_id=rec.child_id,
-                search_attributes=rec.search_attributes,
-                memo=rec.memo,
-            )
-            plan.close = RunClose(
-                status="continued_as_new", continued_run_id=plan.continue_as_new.run_id
-            )
-        elif kind == EventType.CHILD_STARTED:
-            rec = run.record
-            plan.children.append(
-                NewRun(
-                    namespace=rec.namespace,
-                    workflow_id=str(attrs["workflow_id"]),
-                    run_id=str(attrs["run_id"]),
-                    workflow_type=str(attrs["workflow_type"]),
-                    task_queue=str(attrs["task_queue"]),
-                    input=list(attrs.get("args") or []),
-                    wake_at=now,
-                    id_reuse_policy=str(attrs.get("id_reuse_policy") or "allow_duplicate"),
-                    parent_workflow_id=rec.workflow_id,
-                    parent_run_id=rec.run_id,
-                    parent_close_policy=str(attrs["parent_close_policy"]),
-                    child_id=int(attrs["child_id"]),
-                    search_attributes=dict(attrs.get("search_attributes") or {}),
-                    memo=dict(attrs.get("memo") or {}),
-                )
-            )
-        elif kind == EventType.SEARCH_ATTRIBUTES_UPSERTED:
-            plan.search_attributes.update(attrs.get("attributes") or {})
-        elif kind == EventType.UPDATE_COMPLETED:
-            outcome = {k: v for k, v in attrs.items() if k in ("result", "error")}
-            plan.replies[str(attrs["update_id"])] = outcome
-        elif kind == EventType.MARKER_RECORDED and attrs.get("kind") in (
-            "signal_child",
-            "cancel_child",
-        ):
-            is_signal = attrs["kind"] == "signal_child"
-            plan.messages.append(
-                Message(
-                    namespace=run.record.namespace,
-                    workflow_id=str(attrs["workflow_id"]),
-                    run_id=attrs.get("run_id"),
-                    kind="signal" if is_signal else "cancel",
-                    name=attrs.get("signal") if is_signal else None,
-                    payload=list(attrs.get("args") or []) if is_signal else [None],
-                )
-            )
-    return plan
-
-
-def _wake_after(run: HeldRun, plan: _Plan, now: datetime) -> datetime | None:
-    if plan.close is not None:
-        return None
-    times = [
-        fire_at
-        for timer_id, (fire_at, _) in run.timers.items()
-        if timer_id not in plan.canceled_timers
-    ]
-    times += [
-        fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers
-    ]
-    times += [
-        a.visible_at
-        for a in run.activities.values()
-        if a.activity_id not in plan.canceled_activities
-    ]
-    times += [now for a in plan.new_activities if a.activity_id not in plan.canceled_activities]
-    if run.inputs:
-        times.append(now)
-    return min(times) if times else None
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)

@@ -61,9 +61,8 @@ async def test_remote_activity_failure_reaches_the_workflow(database_url: str) -
             return f"{exc.attempt}: {exc.cause}"
         return "?"
 
-    async with orchestrator, remote:
-        async with orchestrator.worker(), remote.worker(task_queues=["remote"]):
-            assert await orchestrator.execute_workflow("caller") == "2: ValueError: kaboom"
+    async with orchestrator, remote, orchestrator.worker(), remote.worker(task_queues=["remote"]):
+        assert await orchestrator.execute_workflow("caller") == "2: ValueError: kaboom"
 
 
 async def test_workflow_on_its_own_task_queue(app: perdure.App) -> None:

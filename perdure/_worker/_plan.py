@@ -1,0 +1,217 @@
+"""From a step's command events to what the worker must do once they are committed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from perdure._history import COMMAND_EVENTS, EventType, HistoryEvent
+from perdure._store._base import Message, NewRun, NewTask, RunClose
+from perdure._worker._activities import PendingActivity
+from perdure._worker._run import HeldRun
+
+_CLOSING: dict[str, str] = {
+    EventType.WORKFLOW_COMPLETED: "completed",
+    EventType.WORKFLOW_FAILED: "failed",
+    EventType.WORKFLOW_CANCELED: "canceled",
+}
+
+_ACTIVITY_OPTIONS = (
+    "retry",
+    "start_to_close_timeout",
+    "schedule_to_close_timeout",
+    "heartbeat_timeout",
+)
+
+
+class Plan:
+    """What a step's new command events ask the worker to do once committed."""
+
+    __slots__ = (
+        "canceled_activities",
+        "canceled_timers",
+        "children",
+        "close",
+        "continue_as_new",
+        "messages",
+        "new_activities",
+        "new_tasks",
+        "new_timers",
+        "replies",
+        "search_attributes",
+    )
+
+    def __init__(self) -> None:
+        self.children: list[NewRun] = []
+        self.messages: list[Message] = []
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.search_attributes: dict[str, Any] = {}
+        self.continue_as_new: NewRun | None = None
+        self.new_tasks: list[NewTask] = []
+        self.new_activities: list[PendingActivity] = []
+        self.canceled_activities: list[int] = []
+        self.new_timers: list[tuple[int, datetime]] = []
+        self.canceled_timers: list[int] = []
+        self.close: RunClose | None = None
+
+
+def plan_step(run: HeldRun, events: list[HistoryEvent], now: datetime) -> Plan:
+    plan = Plan()
+    for event in events:
+        if event.event_type in COMMAND_EVENTS:
+            _PLANNERS.get(event.event_type, _ignore)(plan, run, event, now)
+    return plan
+
+
+def _ignore(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    pass
+
+
+def _activity(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    attrs = event.attributes
+    act = PendingActivity.from_scheduled(attrs, event.name or "", now)
+    if attrs.get("task_queue") is None:
+        plan.new_activities.append(act)  # runs here, right after the commit
+    plan.new_tasks.append(
+        NewTask(
+            activity_id=act.activity_id,
+            activity_type=act.activity_type,
+            task_queue=attrs.get("task_queue"),
+            scheduled_at=now,
+            visible_at=now,
+            label=act.label,
+            args=act.args,
+            options={k: attrs.get(k) for k in _ACTIVITY_OPTIONS},
+        )
+    )
+
+
+def _activity_canceled(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    plan.canceled_activities.append(int(event.attributes["activity_id"]))
+
+
+def _timer(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    attrs = event.attributes
+    plan.new_timers.append((int(attrs["timer_id"]), datetime.fromisoformat(attrs["fire_at"])))
+
+
+def _timer_canceled(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    plan.canceled_timers.append(int(event.attributes["timer_id"]))
+
+
+def _close(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    attrs = event.attributes
+    error = attrs.get("error")
+    if event.event_type == EventType.WORKFLOW_CANCELED:
+        error = {"type": "CancelledError", "message": "workflow canceled"}
+    plan.close = RunClose(
+        status=_CLOSING[event.event_type], result=attrs.get("result"), error=error
+    )
+
+
+def _continue_as_new(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    rec, attrs = run.record, event.attributes
+    plan.continue_as_new = NewRun(
+        namespace=rec.namespace,
+        workflow_id=rec.workflow_id,
+        run_id=str(attrs["new_run_id"]),
+        workflow_type=rec.workflow_type,
+        task_queue=rec.task_queue,
+        input=list(attrs.get("args") or []),
+        wake_at=now,
+        parent_workflow_id=rec.parent_workflow_id,
+        parent_run_id=rec.parent_run_id,
+        parent_close_policy=rec.parent_close_policy,
+        child_id=rec.child_id,
+        search_attributes=rec.search_attributes,
+        memo=rec.memo,
+    )
+    plan.close = RunClose(status="continued_as_new", continued_run_id=plan.continue_as_new.run_id)
+
+
+def _child(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    rec, attrs = run.record, event.attributes
+    plan.children.append(
+        NewRun(
+            namespace=rec.namespace,
+            workflow_id=str(attrs["workflow_id"]),
+            run_id=str(attrs["run_id"]),
+            workflow_type=str(attrs["workflow_type"]),
+            task_queue=str(attrs["task_queue"]),
+            input=list(attrs.get("args") or []),
+            wake_at=now,
+            id_reuse_policy=str(attrs.get("id_reuse_policy") or "allow_duplicate"),
+            parent_workflow_id=rec.workflow_id,
+            parent_run_id=rec.run_id,
+            parent_close_policy=str(attrs["parent_close_policy"]),
+            child_id=int(attrs["child_id"]),
+            search_attributes=dict(attrs.get("search_attributes") or {}),
+            memo=dict(attrs.get("memo") or {}),
+        )
+    )
+
+
+def _search_attributes(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    plan.search_attributes.update(event.attributes.get("attributes") or {})
+
+
+def _update_completed(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    attrs = event.attributes
+    plan.replies[str(attrs["update_id"])] = {
+        k: v for k, v in attrs.items() if k in ("result", "error")
+    }
+
+
+def _marker(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None:
+    attrs = event.attributes
+    if attrs.get("kind") not in ("signal_child", "cancel_child"):
+        return
+    is_signal = attrs["kind"] == "signal_child"
+    plan.messages.append(
+        Message(
+            namespace=run.record.namespace,
+            workflow_id=str(attrs["workflow_id"]),
+            run_id=attrs.get("run_id"),
+            kind="signal" if is_signal else "cancel",
+            name=attrs.get("signal") if is_signal else None,
+            payload=list(attrs.get("args") or []) if is_signal else [None],
+        )
+    )
+
+
+_PLANNERS = {
+    EventType.ACTIVITY_SCHEDULED: _activity,
+    EventType.ACTIVITY_CANCELED: _activity_canceled,
+    EventType.TIMER_STARTED: _timer,
+    EventType.TIMER_CANCELED: _timer_canceled,
+    EventType.WORKFLOW_COMPLETED: _close,
+    EventType.WORKFLOW_FAILED: _close,
+    EventType.WORKFLOW_CANCELED: _close,
+    EventType.WORKFLOW_CONTINUED_AS_NEW: _continue_as_new,
+    EventType.CHILD_STARTED: _child,
+    EventType.SEARCH_ATTRIBUTES_UPSERTED: _search_attributes,
+    EventType.UPDATE_COMPLETED: _update_completed,
+    EventType.MARKER_RECORDED: _marker,
+}
+
+
+def wake_after(run: HeldRun, plan: Plan, now: datetime) -> datetime | None:
+    if plan.close is not None:
+        return None
+    times = [
+        fire_at
+        for timer_id, (fire_at, _) in run.timers.items()
+        if timer_id not in plan.canceled_timers
+    ]
+    times += [
+        fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers
+    ]
+    times += [
+        a.visible_at
+        for a in run.activities.values()
+        if a.activity_id not in plan.canceled_activities
+    ]
+    times += [now for a in plan.new_activities if a.activity_id not in plan.canceled_activities]
+    if run.inputs:
+        times.append(now)
+    return min(times) if times else None
