@@ -16,6 +16,8 @@ from perdure._client import WorkflowDescription, WorkflowHandle
 from perdure._clock import Clock
 from perdure._converter import to_jsonable
 from perdure._durations import Duration, to_optional_seconds
+from perdure._errors import NonDeterminismError, QueryFailedError, QueryRejectedError
+from perdure._history import HistoryEvent
 from perdure._registry import (
     ActivityOptions,
     Registry,
@@ -24,11 +26,9 @@ from perdure._registry import (
 )
 from perdure._retry import RetryPolicy
 from perdure._store import open_store
-from perdure._errors import NonDeterminismError, QueryFailedError, QueryRejectedError
-from perdure._history import HistoryEvent
 from perdure._store._base import ListFilter, NewRun, RunRecord, Store, utcnow
-from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 from perdure._worker._worker import Worker
+from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 
 P = ParamSpec("P")
 R = TypeVar("R")
