@@ -26,14 +26,9 @@ from collections.abc import Callable
 
 from psycopg import errors
 
-from perdure._store._base import StepCommit, StepRejected, utcnow
-from perdure._store._postgres import (
-    PostgresStore,
-    _dumps,
-    _event_params,
-    emulating_cockroach,
-)
-from perdure._store._postgres_db import Conn, split_statements
+from perdure._store._base import StepCommit
+from perdure._store._postgres import PostgresStore, emulating_cockroach
+from perdure._store._postgres_db import split_statements
 from perdure._store._queries import migration_files
 
 _HASH_SHARDING = re.compile(r"\s+USING\s+HASH(\s+WITH\s*\([^)]*\))?", re.IGNORECASE)
@@ -124,67 +119,4 @@ class CockroachStore(PostgresStore):
 
     # -- a step: several statements, one transaction -------------------------
     async def commit_step(self, step: StepCommit) -> None:
-        async def tx(conn: Conn) -> None:
-            fenced = await conn.execute(
-                self.q["fence_step"],
-                {
-                    "run_id": step.run_id,
-                    "worker_id": step.worker_id,
-                    "expected_seq": step.expected_seq,
-                    "next_event_seq": step.expected_seq + len(step.events),
-                    "wake_at": step.wake_at,
-                    "lease_until": step.lease_until,
-                    "release": step.release,
-                },
-            )
-            if fenced.rowcount != 1:
-                raise StepRejected(step.run_id)
-            async with conn.pipeline():
-                await self._step_writes(conn, step)
-
-        await self.db.transaction(tx)
-
-    async def _step_writes(self, conn: Conn, step: StepCommit) -> None:
-        cur = conn.cursor()
-        if step.events:
-            await cur.executemany(
-                self.q["append_event"], [_event_params(step.run_id, e) for e in step.events]
-            )
-        for activity_id in step.finished_tasks:
-            await conn.execute(
-                self.q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id}
-            )
-        if step.new_tasks:
-            await cur.executemany(
-                self.q["insert_task"],
-                [
-                    {
-                        "namespace": step.namespace,
-                        "run_id": step.run_id,
-                        "activity_id": t.activity_id,
-                        "activity_type": t.activity_type,
-                        "task_queue": t.task_queue,
-                        "scheduled_at": t.scheduled_at,
-                        "visible_at": t.visible_at,
-                    }
-                    for t in step.new_tasks
-                ],
-            )
-        if step.consumed_inbox:
-            await cur.executemany(
-                self.q["delete_inbox"], [{"inbox_id": i} for i in step.consumed_inbox]
-            )
-        if step.close is not None:
-            close = step.close
-            await conn.execute(
-                self.q["close_run"],
-                {
-                    "run_id": step.run_id,
-                    "status": close.status,
-                    "result": None if close.result is None else _dumps(close.result),
-                    "error": None if close.error is None else _dumps(close.error),
-                    "closed_at": utcnow(),
-                    "continued_run_id": close.continued_run_id,
-                },
-            )
-            await conn.execute(self.q["delete_run_tasks"], {"run_id": step.run_id})
+        await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))

@@ -9,7 +9,6 @@ together (group commit) unless the URL says ``group_commit=off``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import zlib
 from collections.abc import Callable
@@ -18,8 +17,8 @@ from typing import Any
 
 from psycopg import errors
 
-from perdure._errors import WorkflowAlreadyStartedError, WorkflowNotFoundError
-from perdure._history import EventType, HistoryEvent
+from perdure._errors import WorkflowAlreadyStartedError
+from perdure._history import HistoryEvent
 from perdure._store._base import (
     ActivityTask,
     InboxItem,
@@ -41,123 +40,18 @@ from perdure._store._postgres_db import (
     in_schema,
     parse_url,
 )
+from perdure._store._postgres_tx import (
+    Row,
+    Statements,
+    dumps,
+    event_from_row,
+    inbox_from_row,
+    is_plain,
+    plain_step_params,
+    run_from_row,
+    task_from_row,
+)
 from perdure._store._queries import migration_files
-
-Row = dict[str, Any]
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _json(value: Any) -> Any:
-    """A JSON column as Python: jsonb/json arrive decoded, text (CockroachDB) does not."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def run_from_row(row: Row) -> RunRecord:
-    return RunRecord(
-        run_id=row["run_id"],
-        namespace=row["namespace"],
-        workflow_id=row["workflow_id"],
-        workflow_type=row["workflow_type"],
-        task_queue=row["task_queue"],
-        status=row["status"],
-        input=row["input"],
-        result=row["result"],
-        error=row["error"],
-        parent_workflow_id=row["parent_workflow_id"],
-        parent_run_id=row["parent_run_id"],
-        search_attributes=row["search_attributes"],
-        memo=row["memo"],
-        continued_run_id=row["continued_run_id"],
-        next_event_seq=row["next_event_seq"],
-        wake_at=row["wake_at"],
-        owner=row["owner"],
-        parked_error=row["parked_error"],
-        created_at=row["created_at"],
-        closed_at=row["closed_at"],
-    )
-
-
-def _event_from_row(row: Row) -> HistoryEvent:
-    return HistoryEvent(
-        seq=row["seq"],
-        event_type=row["event_type"],
-        name=row["name"],
-        attributes=_json(row["attributes"]),
-        created_at=row["created_at"],
-    )
-
-
-def _inbox_from_row(row: Row) -> InboxItem:
-    payload = row["payload"]
-    return InboxItem(
-        inbox_id=row["inbox_id"],
-        run_id=row["run_id"],
-        kind=row["kind"],
-        name=row["name"],
-        payload=payload if isinstance(payload, list) else [payload],
-        created_at=row["created_at"],
-    )
-
-
-def _task_from_row(row: Row) -> ActivityTask:
-    return ActivityTask(
-        run_id=row["run_id"],
-        activity_id=row["activity_id"],
-        activity_type=row["activity_type"],
-        task_queue=row["task_queue"],
-        attempt=row["attempt"],
-        scheduled_at=row["scheduled_at"],
-        visible_at=row["visible_at"],
-        heartbeat_details=row["heartbeat_details"],
-        last_failure=row["last_failure"],
-    )
-
-
-def _event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "seq": event.seq,
-        "event_type": str(event.event_type),
-        "name": event.name,
-        "attributes": _dumps(event.attributes),
-        "created_at": event.created_at,
-    }
-
-
-def step_params(step: StepCommit) -> dict[str, Any]:
-    """The parameters of the one-statement ``commit_step`` query."""
-    close = step.close
-    return {
-        "run_id": step.run_id,
-        "namespace": step.namespace,
-        "worker_id": step.worker_id,
-        "expected_seq": step.expected_seq,
-        "next_event_seq": step.expected_seq + len(step.events),
-        "wake_at": step.wake_at,
-        "lease_until": step.lease_until,
-        "release": step.release,
-        "closing": close is not None,
-        "status": None if close is None else close.status,
-        "result": None if close is None or close.result is None else _dumps(close.result),
-        "error": None if close is None or close.error is None else _dumps(close.error),
-        "closed_at": None if close is None else utcnow(),
-        "continued_run_id": None if close is None else close.continued_run_id,
-        "seqs": [e.seq for e in step.events],
-        "event_types": [str(e.event_type) for e in step.events],
-        "names": [e.name for e in step.events],
-        "attributes": [_dumps(e.attributes) for e in step.events],
-        "created_ats": [e.created_at for e in step.events],
-        "finished_tasks": list(step.finished_tasks),
-        "task_ids": [t.activity_id for t in step.new_tasks],
-        "task_types": [t.activity_type for t in step.new_tasks],
-        "task_queues": [t.task_queue for t in step.new_tasks],
-        "task_scheduled": [t.scheduled_at for t in step.new_tasks],
-        "task_visible": [t.visible_at for t in step.new_tasks],
-        "consumed_inbox": list(step.consumed_inbox),
-    }
 
 
 class PostgresStore(Store):
@@ -172,6 +66,7 @@ class PostgresStore(Store):
         self.settings: Settings = parse_url(url, default_port=self._default_port)
         self.schema = self.settings.schema
         self.q = dialect_queries(self._query_dialects, self.schema)
+        self.tx = Statements(self.q)
         self.db = Database(self.settings, fault_rate=self._fault_rate())
         self._listener: Listener | None = None
         self._group = GroupCommit(self.db, self.q["commit_step"])
@@ -246,60 +141,27 @@ class PostgresStore(Store):
 
     # -- client side -----------------------------------------------------
     async def start_run(self, run: NewRun) -> tuple[str, bool]:
-        async def tx(conn: Conn) -> tuple[str, bool]:
-            key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
-            running = await (await conn.execute(self.q["running_run"], key)).fetchone()
-            if running is not None:
-                if run.id_conflict_policy == "use_existing":
-                    return running["run_id"], False
-                if run.id_conflict_policy != "terminate_existing":
-                    raise WorkflowAlreadyStartedError(
-                        f"workflow {run.workflow_id!r} is already running (run "
-                        f"{running['run_id']}); pass id_conflict_policy='use_existing' to get it",
-                        workflow_id=run.workflow_id,
-                        run_id=running["run_id"],
-                        workflow_type=running["workflow_type"],
-                    )
-                await self._terminate(
-                    conn, running, "terminated by a new start (terminate_existing)"
-                )
-            if run.id_reuse_policy != "allow_duplicate":
-                latest = await (await conn.execute(self.q["latest_run"], key)).fetchone()
-                if latest is not None and (
-                    run.id_reuse_policy == "reject_duplicate" or latest["status"] == "completed"
-                ):
-                    raise WorkflowAlreadyStartedError(
-                        f"workflow id {run.workflow_id!r} was already used (last run "
-                        f"{latest['run_id']} {latest['status']}) and id_reuse_policy is "
-                        f"{run.id_reuse_policy!r}",
-                        workflow_id=run.workflow_id,
-                        run_id=latest["run_id"],
-                        workflow_type=latest["workflow_type"],
-                    )
-            await conn.execute(
-                self.q["insert_run"],
-                {
-                    "run_id": run.run_id,
-                    "namespace": run.namespace,
-                    "workflow_id": run.workflow_id,
-                    "workflow_type": run.workflow_type,
-                    "task_queue": run.task_queue,
-                    "input": _dumps(run.input),
-                    "parent_workflow_id": run.parent_workflow_id,
-                    "parent_run_id": run.parent_run_id,
-                    "search_attributes": _dumps(run.search_attributes),
-                    "memo": _dumps(run.memo),
-                    "wake_at": run.wake_at,
-                    "created_at": utcnow(),
-                },
-            )
-            return run.run_id, True
+        return await self._starting(run, lambda conn: self.tx.insert_run(conn, run))
 
-        # Two concurrent starts of one id can both pass the check; the unique index stops
-        # the second, and running it again applies the policies to the winner's run.
+    async def signal_with_start(
+        self, run: NewRun, signal: str, payload: list[Any]
+    ) -> tuple[str, bool]:
+        async def tx(conn: Conn) -> tuple[str, bool]:
+            run_id, created = await self.tx.insert_run(conn, run)
+            await self.tx.insert_inbox(
+                conn, run.namespace, run.workflow_id, run_id, "signal", signal, payload
+            )
+            return run_id, created
+
+        return await self._starting(run, tx)
+
+    async def _starting(self, run: NewRun, tx: Callable[[Conn], Any]) -> tuple[str, bool]:
+        # Two concurrent starts of one id can both pass the policy checks; the unique index
+        # stops the second, and running it again applies the policies to the winner's run.
         for _ in range(3):
             try:
-                return await self.db.transaction(tx)
+                result: tuple[str, bool] = await self.db.transaction(tx)
+                return result
             except errors.UniqueViolation as exc:
                 lost: Exception = exc
         raise WorkflowAlreadyStartedError(
@@ -308,35 +170,19 @@ class PostgresStore(Store):
             workflow_type=run.workflow_type,
         ) from lost
 
-    async def _terminate(self, conn: Conn, row: Row, reason: str) -> None:
-        """End a running run at once, without running its code."""
-        seq = row["next_event_seq"]
-        now = utcnow()
-        await conn.execute(
-            self._sql("UPDATE perdure.workflows SET next_event_seq = %s WHERE run_id = %s"),
-            (seq + 1, row["run_id"]),
-        )
-        event = HistoryEvent(
-            seq=seq,
-            event_type=EventType.WORKFLOW_TERMINATED,
-            name=None,
-            attributes={"reason": reason},
-            created_at=now,
-        )
-        await conn.execute(self.q["append_event"], _event_params(row["run_id"], event))
-        error = {"type": "TerminatedError", "message": reason, "attrs": {"reason": reason}}
-        await conn.execute(
-            self.q["close_run"],
-            {
-                "run_id": row["run_id"],
-                "status": "terminated",
-                "result": None,
-                "error": _dumps(error),
-                "closed_at": now,
-                "continued_run_id": None,
-            },
-        )
-        await conn.execute(self.q["delete_run_tasks"], {"run_id": row["run_id"]})
+    async def terminate_run(
+        self, namespace: str, workflow_id: str, run_id: str | None, reason: str
+    ) -> str:
+        async def tx(conn: Conn) -> str:
+            row = await self.tx.running_row(conn, namespace, workflow_id, run_id)
+            await self.tx.terminate(conn, row, reason)
+            return str(row["run_id"])
+
+        return await self.db.transaction(tx)
+
+    async def take_reply(self, reply_id: str) -> dict[str, Any] | None:
+        rows = await self._write_all(self.q["take_reply"], {"reply_id": reply_id})
+        return dict(rows[0]["outcome"]) if rows else None
 
     async def get_run(
         self, namespace: str, workflow_id: str, run_id: str | None = None
@@ -368,7 +214,7 @@ class PostgresStore(Store):
             params += [len(flt.workflow_id_prefix), flt.workflow_id_prefix]
         for key, value in flt.search_attributes.items():
             clauses.append("search_attributes -> %s = %s::jsonb")
-            params += [key, _dumps(value)]
+            params += [key, dumps(value)]
         query = self._sql(
             "SELECT * FROM perdure.workflows WHERE "
             + " AND ".join(clauses)
@@ -381,7 +227,7 @@ class PostgresStore(Store):
 
     async def load_history(self, run_id: str) -> list[HistoryEvent]:
         rows = await self._all(self.q["load_history"], {"run_id": run_id})
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     async def send_inbox(
         self,
@@ -393,24 +239,8 @@ class PostgresStore(Store):
         payload: list[Any],
     ) -> str:
         async def tx(conn: Conn) -> str:
-            key = {"namespace": namespace, "workflow_id": workflow_id}
-            row = await (await conn.execute(self.q["running_run"], key)).fetchone()
-            if row is None or (run_id is not None and row["run_id"] != run_id):
-                raise WorkflowNotFoundError(
-                    f"no running workflow with id {workflow_id!r}"
-                    + (f" and run id {run_id!r}" if run_id else "")
-                )
-            await conn.execute(
-                self.q["insert_inbox"],
-                {
-                    **key,
-                    "run_id": run_id,
-                    "kind": kind,
-                    "name": name,
-                    "payload": _dumps(payload),
-                    "created_at": utcnow(),
-                },
-            )
+            row = await self.tx.running_row(conn, namespace, workflow_id, run_id)
+            await self.tx.insert_inbox(conn, namespace, workflow_id, run_id, kind, name, payload)
             return str(row["run_id"])
 
         return await self.db.transaction(tx)
@@ -439,20 +269,22 @@ class PostgresStore(Store):
         return [run_from_row(r) for r in rows]
 
     async def load_tasks(self, run_id: str) -> list[ActivityTask]:
-        return [
-            _task_from_row(r) for r in await self._all(self.q["load_tasks"], {"run_id": run_id})
-        ]
+        return [task_from_row(r) for r in await self._all(self.q["load_tasks"], {"run_id": run_id})]
 
     async def load_run_inbox(self, run_id: str) -> list[InboxItem]:
         rows = await self._all(self.q["run_inbox"], {"run_id": run_id})
-        return [_inbox_from_row(r) for r in rows]
+        return [inbox_from_row(r) for r in rows]
 
     async def owned_inbox(self, worker_id: str) -> list[InboxItem]:
         rows = await self._all(self.q["owned_inbox"], {"worker_id": worker_id})
-        return [_inbox_from_row(r) for r in rows]
+        return [inbox_from_row(r) for r in rows]
 
     async def commit_step(self, step: StepCommit) -> None:
-        params = step_params(step)
+        if not is_plain(step):
+            await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))
+            return
+        # Most steps touch only their own run's rows: one statement, grouped with others.
+        params = plain_step_params(step)
         if self.settings.group_commit:
             fenced = await self._group.submit(params)
         else:
@@ -480,8 +312,8 @@ class PostgresStore(Store):
             "worker_id": worker_id,
             "attempt": attempt,
             "visible_at": visible_at,
-            "heartbeat_details": _dumps(heartbeat_details),
-            "last_failure": _dumps(last_failure),
+            "heartbeat_details": dumps(heartbeat_details),
+            "last_failure": dumps(last_failure),
         }
         if await self._write(self.q["retry_task"], params) != 1:
             raise StepRejected(run_id)
@@ -490,7 +322,7 @@ class PostgresStore(Store):
         params = {
             "run_id": run_id,
             "activity_id": activity_id,
-            "heartbeat_details": _dumps(details),
+            "heartbeat_details": dumps(details),
         }
         await self._write(self.q["save_heartbeat"], params)
 
@@ -518,7 +350,7 @@ class PostgresStore(Store):
             "namespace": namespace,
             "hostname": hostname,
             "pid": pid,
-            "task_queues": _dumps(task_queues),
+            "task_queues": dumps(task_queues),
             "now": utcnow(),
         }
         await self._write(self.q["upsert_worker"], params)

@@ -204,7 +204,15 @@ async def test_migrations_are_concurrent_and_idempotent(
             " ORDER BY 1"
         )
         tables = [r[0] for r in await cur.fetchall()]
-    assert tables == ["history", "inbox", "schema_version", "tasks", "workers", "workflows"]
+    assert tables == [
+        "history",
+        "inbox",
+        "replies",
+        "schema_version",
+        "tasks",
+        "workers",
+        "workflows",
+    ]
 
 
 async def test_a_schema_of_its_own(postgres: Databases) -> None:

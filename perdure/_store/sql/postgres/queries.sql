@@ -5,11 +5,12 @@
 -- name: insert_run
 INSERT INTO perdure.workflows (
     run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
-    parent_workflow_id, parent_run_id, search_attributes, memo, wake_at, created_at
+    parent_workflow_id, parent_run_id, parent_close_policy, child_id,
+    search_attributes, memo, wake_at, created_at
 ) VALUES (
     %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(task_queue)s, 'running',
-    %(input)s::jsonb, %(parent_workflow_id)s, %(parent_run_id)s, %(search_attributes)s::jsonb,
-    %(memo)s::jsonb, %(wake_at)s, %(created_at)s
+    %(input)s::jsonb, %(parent_workflow_id)s, %(parent_run_id)s, %(parent_close_policy)s,
+    %(child_id)s, %(search_attributes)s::jsonb, %(memo)s::jsonb, %(wake_at)s, %(created_at)s
 );
 
 -- name: latest_run
@@ -157,23 +158,43 @@ DELETE FROM perdure.workers WHERE worker_id = %(worker_id)s;
 -- name: history_length
 SELECT next_event_seq - 1 AS n FROM perdure.workflows WHERE run_id = %(run_id)s;
 
+-- name: merge_search_attributes
+-- A JSON merge patch of flat attributes: a null value removes the key.
+UPDATE perdure.workflows
+SET search_attributes = jsonb_strip_nulls(search_attributes || %(patch)s::jsonb)
+WHERE run_id = %(run_id)s;
+
+-- name: insert_reply
+INSERT INTO perdure.replies (reply_id, run_id, outcome, created_at)
+VALUES (%(reply_id)s, %(run_id)s, %(outcome)s::jsonb, %(created_at)s)
+ON CONFLICT (reply_id) DO UPDATE
+SET run_id = excluded.run_id, outcome = excluded.outcome, created_at = excluded.created_at;
+
+-- name: take_reply
+DELETE FROM perdure.replies WHERE reply_id = %(reply_id)s RETURNING outcome;
+
+-- name: running_children
+SELECT * FROM perdure.workflows WHERE parent_run_id = %(run_id)s AND status = 'running';
+
+-- name: pending_updates
+SELECT inbox_id, payload FROM perdure.inbox
+WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND kind = 'update'
+  AND (run_id IS NULL OR run_id = %(run_id)s);
+
+-- name: bump_seq
+UPDATE perdure.workflows SET next_event_seq = next_event_seq + 1
+WHERE run_id = %(run_id)s RETURNING next_event_seq - 1 AS seq;
+
 -- name: commit_step
--- PostgreSQL only: a whole workflow step in ONE statement (one round trip). Every change
--- below applies only if the fence matched; the statement returns how many rows it fenced
--- (1, or 0 when the run is no longer ours). Closing a run deletes its tasks instead of
--- adding any.
+-- PostgreSQL only: a step that touches only its own run's rows (no close, children,
+-- messages, replies or search attributes) in ONE statement, one round trip. Every change
+-- applies only if the fence matched; the statement returns how many rows it fenced (1, or
+-- 0 when the run is no longer ours).
 WITH fence AS (
     UPDATE perdure.workflows
-    SET next_event_seq = %(next_event_seq)s,
-        wake_at = CASE WHEN %(closing)s THEN NULL ELSE %(wake_at)s::timestamptz END,
-        lease_expires_at = CASE WHEN %(closing)s THEN NULL ELSE %(lease_until)s::timestamptz END,
-        owner = CASE WHEN %(closing)s OR %(release)s THEN NULL ELSE owner END,
-        status = CASE WHEN %(closing)s THEN %(status)s::text ELSE status END,
-        result = CASE WHEN %(closing)s THEN %(result)s::jsonb ELSE result END,
-        error = CASE WHEN %(closing)s THEN %(error)s::jsonb ELSE error END,
-        closed_at = CASE WHEN %(closing)s THEN %(closed_at)s::timestamptz ELSE closed_at END,
-        continued_run_id = CASE WHEN %(closing)s THEN %(continued_run_id)s::text
-                                ELSE continued_run_id END
+    SET next_event_seq = %(next_event_seq)s, wake_at = %(wake_at)s::timestamptz,
+        lease_expires_at = %(lease_until)s::timestamptz,
+        owner = CASE WHEN %(release)s THEN NULL ELSE owner END
     WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
       AND status = 'running'
     RETURNING run_id
@@ -183,11 +204,11 @@ WITH fence AS (
     FROM fence, unnest(%(seqs)s::integer[], %(event_types)s::text[], %(names)s::text[],
                        %(attributes)s::text[], %(created_ats)s::timestamptz[])
                 AS e(seq, event_type, name, attributes, created_at)
-), removed_tasks AS (
+), finished AS (
     DELETE FROM perdure.tasks
-    WHERE run_id = %(run_id)s AND EXISTS (SELECT 1 FROM fence)
-      AND (%(closing)s OR activity_id = ANY(%(finished_tasks)s::integer[]))
-), added_tasks AS (
+    WHERE run_id = %(run_id)s AND activity_id = ANY(%(finished_tasks)s::integer[])
+      AND EXISTS (SELECT 1 FROM fence)
+), added AS (
     INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
                                attempt, scheduled_at, visible_at)
     SELECT %(namespace)s, fence.run_id, t.activity_id, t.activity_type, t.task_queue, 1,
@@ -196,7 +217,6 @@ WITH fence AS (
                        %(task_queues)s::text[], %(task_scheduled)s::timestamptz[],
                        %(task_visible)s::timestamptz[])
                 AS t(activity_id, activity_type, task_queue, scheduled_at, visible_at)
-    WHERE NOT %(closing)s
 ), consumed AS (
     DELETE FROM perdure.inbox
     WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)

@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS perdure.workflows (
     error              jsonb,
     parent_workflow_id text,
     parent_run_id      text,
+    parent_close_policy text,
+    child_id           integer,
     search_attributes  jsonb NOT NULL DEFAULT '{}',
     memo               jsonb NOT NULL DEFAULT '{}',
     continued_run_id   text,
@@ -40,6 +42,8 @@ CREATE INDEX IF NOT EXISTS workflows_due
     ON perdure.workflows (namespace, task_queue, wake_at) USING HASH WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS workflows_by_owner
     ON perdure.workflows (owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS workflows_by_parent
+    ON perdure.workflows (parent_run_id) WHERE parent_run_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS perdure.history (
     run_id     text NOT NULL,
@@ -76,7 +80,7 @@ CREATE TABLE IF NOT EXISTS perdure.inbox (
     namespace   text NOT NULL DEFAULT 'default',
     workflow_id text NOT NULL,
     run_id      text,
-    kind        text NOT NULL CHECK (kind IN ('signal', 'cancel')),
+    kind        text NOT NULL CHECK (kind IN ('signal', 'cancel', 'update', 'child_result')),
     name        text,
     payload     jsonb NOT NULL DEFAULT '[]',
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -84,6 +88,13 @@ CREATE TABLE IF NOT EXISTS perdure.inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_by_workflow
     ON perdure.inbox (namespace, workflow_id, inbox_id);
+
+CREATE TABLE IF NOT EXISTS perdure.replies (
+    reply_id   text PRIMARY KEY,
+    run_id     text NOT NULL,
+    outcome    jsonb NOT NULL,  -- {"result": ...} or {"error": ..., "rejected": bool}
+    created_at timestamptz NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS perdure.workers (
     worker_id    text PRIMARY KEY,

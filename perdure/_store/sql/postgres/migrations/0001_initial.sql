@@ -17,6 +17,8 @@ CREATE TABLE perdure.workflows (
     error              jsonb,                      -- failure when failed/canceled/terminated
     parent_workflow_id text,
     parent_run_id      text,
+    parent_close_policy text,                      -- terminate | request_cancel | abandon
+    child_id           integer,                    -- the parent's step number for this child
     search_attributes  jsonb NOT NULL DEFAULT '{}',
     memo               jsonb NOT NULL DEFAULT '{}',
     continued_run_id   text,                       -- the next run of a continue-as-new chain
@@ -35,6 +37,8 @@ CREATE INDEX workflows_by_created ON perdure.workflows (namespace, created_at);
 CREATE INDEX workflows_due
     ON perdure.workflows (namespace, task_queue, wake_at) WHERE status = 'running';
 CREATE INDEX workflows_by_owner ON perdure.workflows (owner) WHERE owner IS NOT NULL;
+CREATE INDEX workflows_by_parent
+    ON perdure.workflows (parent_run_id) WHERE parent_run_id IS NOT NULL;
 
 -- Append-only history: the truth from which a run is rebuilt. attributes is json, not
 -- jsonb: json keeps the text as written, so a dict replays with its keys in the order the
@@ -70,7 +74,8 @@ CREATE TABLE perdure.tasks (
 );
 CREATE INDEX tasks_due ON perdure.tasks (namespace, task_queue, visible_at);
 
--- Messages for runs: signals, cancel requests. A plain INSERT here signals a workflow:
+-- Messages for runs: signals, cancel requests, updates, child outcomes.
+-- A plain INSERT here signals (kind 'signal') or cancels (kind 'cancel') a workflow:
 --   INSERT INTO perdure.inbox (workflow_id, kind, name, payload)
 --   VALUES ('order-123', 'signal', 'approval', '[{"approved": true}]');
 CREATE TABLE perdure.inbox (
@@ -78,7 +83,7 @@ CREATE TABLE perdure.inbox (
     namespace   text NOT NULL DEFAULT 'default',
     workflow_id text NOT NULL,
     run_id      text,
-    kind        text NOT NULL CHECK (kind IN ('signal', 'cancel')),
+    kind        text NOT NULL CHECK (kind IN ('signal', 'cancel', 'update', 'child_result')),
     name        text,
     payload     jsonb NOT NULL DEFAULT '[]',
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -114,6 +119,14 @@ $$;
 CREATE TRIGGER inbox_wakes_run
     AFTER INSERT ON perdure.inbox
     FOR EACH ROW EXECUTE FUNCTION perdure.inbox_wakes_run();
+
+-- Outcomes of updates, waiting for the client that asked (it deletes the row).
+CREATE TABLE perdure.replies (
+    reply_id   text PRIMARY KEY,
+    run_id     text NOT NULL,
+    outcome    jsonb NOT NULL,  -- {"result": ...} or {"error": ..., "rejected": bool}
+    created_at timestamptz NOT NULL
+);
 
 -- Live workers and their heartbeats.
 CREATE TABLE perdure.workers (

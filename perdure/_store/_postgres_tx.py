@@ -1,0 +1,479 @@
+"""The statements of the PostgreSQL and CockroachDB stores' transactions.
+
+Rows in, rows out; the same steps as the SQLite store's, in the same order, so the
+dialects stay alike. Every method runs inside a transaction its caller opened.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from psycopg import errors
+
+from perdure._errors import (
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+    failure_to_dict,
+)
+from perdure._history import EventType, HistoryEvent
+from perdure._store._base import (
+    ActivityTask,
+    InboxItem,
+    NewRun,
+    RunRecord,
+    StepCommit,
+    StepRejected,
+    utcnow,
+)
+from perdure._store._postgres_db import Conn
+
+Row = dict[str, Any]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as Python: json/jsonb arrive decoded, text (CockroachDB) does not."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def run_from_row(row: Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        namespace=row["namespace"],
+        workflow_id=row["workflow_id"],
+        workflow_type=row["workflow_type"],
+        task_queue=row["task_queue"],
+        status=row["status"],
+        input=row["input"],
+        result=row["result"],
+        error=row["error"],
+        parent_workflow_id=row["parent_workflow_id"],
+        parent_run_id=row["parent_run_id"],
+        parent_close_policy=row["parent_close_policy"],
+        child_id=row["child_id"],
+        search_attributes=row["search_attributes"],
+        memo=row["memo"],
+        continued_run_id=row["continued_run_id"],
+        next_event_seq=row["next_event_seq"],
+        wake_at=row["wake_at"],
+        owner=row["owner"],
+        parked_error=row["parked_error"],
+        created_at=row["created_at"],
+        closed_at=row["closed_at"],
+    )
+
+
+def event_from_row(row: Row) -> HistoryEvent:
+    return HistoryEvent(
+        seq=row["seq"],
+        event_type=row["event_type"],
+        name=row["name"],
+        attributes=_json(row["attributes"]),
+        created_at=row["created_at"],
+    )
+
+
+def inbox_from_row(row: Row) -> InboxItem:
+    payload = row["payload"]  # jsonb: always valid JSON, whoever inserted it
+    return InboxItem(
+        inbox_id=row["inbox_id"],
+        run_id=row["run_id"],
+        kind=row["kind"],
+        name=row["name"],
+        payload=payload if isinstance(payload, list) else [payload],
+        created_at=row["created_at"],
+    )
+
+
+def task_from_row(row: Row) -> ActivityTask:
+    return ActivityTask(
+        run_id=row["run_id"],
+        activity_id=row["activity_id"],
+        activity_type=row["activity_type"],
+        task_queue=row["task_queue"],
+        attempt=row["attempt"],
+        scheduled_at=row["scheduled_at"],
+        visible_at=row["visible_at"],
+        heartbeat_details=row["heartbeat_details"],
+        last_failure=row["last_failure"],
+    )
+
+
+def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "seq": event.seq,
+        "event_type": str(event.event_type),
+        "name": event.name,
+        "attributes": dumps(event.attributes),
+        "created_at": event.created_at,
+    }
+
+
+def is_plain(step: StepCommit) -> bool:
+    """A step that touches only its own run's rows: the one-statement fast path takes it."""
+    return not (
+        step.close
+        or step.children
+        or step.messages
+        or step.replies
+        or step.search_attributes
+        or step.continue_as_new
+    )
+
+
+def plain_step_params(step: StepCommit) -> dict[str, Any]:
+    """The parameters of the one-statement ``commit_step`` query."""
+    return {
+        "run_id": step.run_id,
+        "namespace": step.namespace,
+        "worker_id": step.worker_id,
+        "expected_seq": step.expected_seq,
+        "next_event_seq": step.expected_seq + len(step.events),
+        "wake_at": step.wake_at,
+        "lease_until": step.lease_until,
+        "release": step.release,
+        "seqs": [e.seq for e in step.events],
+        "event_types": [str(e.event_type) for e in step.events],
+        "names": [e.name for e in step.events],
+        "attributes": [dumps(e.attributes) for e in step.events],
+        "created_ats": [e.created_at for e in step.events],
+        "finished_tasks": list(step.finished_tasks),
+        "task_ids": [t.activity_id for t in step.new_tasks],
+        "task_types": [t.activity_type for t in step.new_tasks],
+        "task_queues": [t.task_queue for t in step.new_tasks],
+        "task_scheduled": [t.scheduled_at for t in step.new_tasks],
+        "task_visible": [t.visible_at for t in step.new_tasks],
+        "consumed_inbox": list(step.consumed_inbox),
+    }
+
+
+class Statements:
+    """Transaction bodies over one schema's named queries (``q``)."""
+
+    def __init__(self, q: dict[str, str]) -> None:
+        self.q = q
+
+    async def one(self, conn: Conn, name: str, params: Any) -> Row | None:
+        return await (await conn.execute(self.q[name], params)).fetchone()
+
+    async def all(self, conn: Conn, name: str, params: Any) -> list[Row]:
+        return await (await conn.execute(self.q[name], params)).fetchall()
+
+    async def running_row(
+        self, conn: Conn, namespace: str, workflow_id: str, run_id: str | None
+    ) -> Row:
+        key = {"namespace": namespace, "workflow_id": workflow_id}
+        row = await self.one(conn, "running_run", key)
+        if row is None or (run_id is not None and row["run_id"] != run_id):
+            latest = await self.one(conn, "latest_run", key)
+            detail = f" (its last run is {latest['status']})" if latest is not None else ""
+            raise WorkflowNotFoundError(
+                f"no running workflow with id {workflow_id!r}"
+                + (f" and run id {run_id!r}" if run_id else "")
+                + detail
+            )
+        return row
+
+    async def insert_inbox(
+        self,
+        conn: Conn,
+        namespace: str,
+        workflow_id: str,
+        run_id: str | None,
+        kind: str,
+        name: str | None,
+        payload: list[Any],
+    ) -> None:
+        await conn.execute(
+            self.q["insert_inbox"],
+            {
+                "namespace": namespace,
+                "workflow_id": workflow_id,
+                "run_id": run_id,
+                "kind": kind,
+                "name": name,
+                "payload": dumps(payload),
+                "created_at": utcnow(),
+            },
+        )
+
+    async def insert_run(self, conn: Conn, run: NewRun) -> tuple[str, bool]:
+        """Insert a run, applying its id reuse and conflict policies."""
+        key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
+        running = await self.one(conn, "running_run", key)
+        if running is not None:
+            if run.id_conflict_policy == "use_existing":
+                return running["run_id"], False
+            if run.id_conflict_policy != "terminate_existing":
+                raise WorkflowAlreadyStartedError(
+                    f"workflow {run.workflow_id!r} is already running (run "
+                    f"{running['run_id']}); pass id_conflict_policy='use_existing' to get it",
+                    workflow_id=run.workflow_id,
+                    run_id=running["run_id"],
+                    workflow_type=running["workflow_type"],
+                )
+            await self.terminate(conn, running, "terminated by a new start (terminate_existing)")
+        if run.id_reuse_policy != "allow_duplicate":
+            latest = await self.one(conn, "latest_run", key)
+            if latest is not None and (
+                run.id_reuse_policy == "reject_duplicate" or latest["status"] == "completed"
+            ):
+                raise WorkflowAlreadyStartedError(
+                    f"workflow id {run.workflow_id!r} was already used (last run "
+                    f"{latest['run_id']} {latest['status']}) and id_reuse_policy is "
+                    f"{run.id_reuse_policy!r}",
+                    workflow_id=run.workflow_id,
+                    run_id=latest["run_id"],
+                    workflow_type=latest["workflow_type"],
+                )
+        await conn.execute(
+            self.q["insert_run"],
+            {
+                "run_id": run.run_id,
+                "namespace": run.namespace,
+                "workflow_id": run.workflow_id,
+                "workflow_type": run.workflow_type,
+                "task_queue": run.task_queue,
+                "input": dumps(run.input),
+                "parent_workflow_id": run.parent_workflow_id,
+                "parent_run_id": run.parent_run_id,
+                "parent_close_policy": run.parent_close_policy,
+                "child_id": run.child_id,
+                "search_attributes": dumps(run.search_attributes),
+                "memo": dumps(run.memo),
+                "wake_at": run.wake_at,
+                "created_at": utcnow(),
+            },
+        )
+        return run.run_id, True
+
+    async def commit_step(self, conn: Conn, step: StepCommit) -> None:
+        """Any step, as several statements; raises ``StepRejected`` if the fence fails."""
+        fenced = await conn.execute(
+            self.q["fence_step"],
+            {
+                "run_id": step.run_id,
+                "worker_id": step.worker_id,
+                "expected_seq": step.expected_seq,
+                "next_event_seq": step.expected_seq + len(step.events),
+                "wake_at": step.wake_at,
+                "lease_until": step.lease_until,
+                "release": step.release,
+            },
+        )
+        if fenced.rowcount != 1:
+            raise StepRejected(step.run_id)
+        async with conn.pipeline():  # writes that need no answer go out together
+            await self._own_rows(conn, step)
+        for child in step.children:
+            await self.start_child(conn, step, child)
+        for msg in step.messages:
+            key = {"namespace": msg.namespace, "workflow_id": msg.workflow_id}
+            if await self.one(conn, "running_run", key):
+                await self.insert_inbox(
+                    conn,
+                    msg.namespace,
+                    msg.workflow_id,
+                    msg.run_id,
+                    msg.kind,
+                    msg.name,
+                    msg.payload,
+                )
+        for reply_id, outcome in step.replies.items():
+            await self.insert_reply(conn, reply_id, step.run_id, outcome)
+        if step.close is not None:
+            close = step.close
+            await conn.execute(
+                self.q["close_run"],
+                {
+                    "run_id": step.run_id,
+                    "status": close.status,
+                    "result": None if close.result is None else dumps(close.result),
+                    "error": None if close.error is None else dumps(close.error),
+                    "closed_at": utcnow(),
+                    "continued_run_id": close.continued_run_id,
+                },
+            )
+            row = await self.one(conn, "get_run", {"run_id": step.run_id})
+            assert row is not None
+            await self.after_close(conn, row, close.status, close.result, close.error)
+            if step.continue_as_new is not None:
+                await self.insert_run(conn, step.continue_as_new)
+
+    async def _own_rows(self, conn: Conn, step: StepCommit) -> None:
+        cur = conn.cursor()
+        if step.events:
+            await cur.executemany(
+                self.q["append_event"], [event_params(step.run_id, e) for e in step.events]
+            )
+        for activity_id in step.finished_tasks:
+            await conn.execute(
+                self.q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id}
+            )
+        if step.new_tasks:
+            await cur.executemany(
+                self.q["insert_task"],
+                [
+                    {
+                        "namespace": step.namespace,
+                        "run_id": step.run_id,
+                        "activity_id": t.activity_id,
+                        "activity_type": t.activity_type,
+                        "task_queue": t.task_queue,
+                        "scheduled_at": t.scheduled_at,
+                        "visible_at": t.visible_at,
+                    }
+                    for t in step.new_tasks
+                ],
+            )
+        if step.consumed_inbox:
+            await cur.executemany(
+                self.q["delete_inbox"], [{"inbox_id": i} for i in step.consumed_inbox]
+            )
+        if step.search_attributes:
+            await conn.execute(
+                self.q["merge_search_attributes"],
+                {"run_id": step.run_id, "patch": dumps(step.search_attributes)},
+            )
+
+    async def start_child(self, conn: Conn, step: StepCommit, child: NewRun) -> None:
+        """Start a child run; if its id is taken, tell the parent through its inbox."""
+        try:
+            async with conn.transaction():  # a savepoint
+                await self.insert_run(conn, child)
+        except (WorkflowAlreadyStartedError, errors.UniqueViolation) as exc:
+            taken = (
+                exc
+                if isinstance(exc, WorkflowAlreadyStartedError)
+                else WorkflowAlreadyStartedError(
+                    f"workflow {child.workflow_id!r} was started by someone else meanwhile",
+                    workflow_id=child.workflow_id,
+                    workflow_type=child.workflow_type,
+                )
+            )
+            await self.insert_inbox(
+                conn,
+                step.namespace,
+                str(child.parent_workflow_id),
+                step.run_id,
+                "child_result",
+                child.workflow_type,
+                [
+                    {
+                        "child_id": child.child_id,
+                        "workflow_id": child.workflow_id,
+                        "run_id": child.run_id,
+                        "status": "failed",
+                        "error": failure_to_dict(taken),
+                    }
+                ],
+            )
+
+    async def insert_reply(
+        self, conn: Conn, reply_id: str, run_id: str, outcome: dict[str, Any]
+    ) -> None:
+        await conn.execute(
+            self.q["insert_reply"],
+            {
+                "reply_id": reply_id,
+                "run_id": run_id,
+                "outcome": dumps(outcome),
+                "created_at": utcnow(),
+            },
+        )
+
+    async def after_close(self, conn: Conn, row: Row, status: str, result: Any, error: Any) -> None:
+        """What a run's end means for others: its parent, its children, waiting updates."""
+        run_id = row["run_id"]
+        if status != "continued_as_new" and row["parent_run_id"] is not None:
+            parent = await self.one(conn, "get_run", {"run_id": row["parent_run_id"]})
+            if parent is not None and parent["status"] == "running":
+                await self.insert_inbox(
+                    conn,
+                    parent["namespace"],
+                    parent["workflow_id"],
+                    parent["run_id"],
+                    "child_result",
+                    row["workflow_type"],
+                    [
+                        {
+                            "child_id": row["child_id"],
+                            "workflow_id": row["workflow_id"],
+                            "run_id": run_id,
+                            "status": status,
+                            "result": result,
+                            "error": error,
+                        }
+                    ],
+                )
+        if status != "continued_as_new":
+            await self._close_children(conn, row, status)
+        key = {"namespace": row["namespace"], "workflow_id": row["workflow_id"], "run_id": run_id}
+        for update in await self.all(conn, "pending_updates", key):
+            payload = _json(update["payload"])
+            first = payload[0] if isinstance(payload, list) and payload else payload
+            update_id = first.get("update_id") if isinstance(first, dict) else None
+            await conn.execute(self.q["delete_inbox"], {"inbox_id": update["inbox_id"]})
+            if update_id:
+                await self.insert_reply(
+                    conn,
+                    str(update_id),
+                    run_id,
+                    {
+                        "rejected": True,
+                        "error": {
+                            "type": "UpdateRejectedError",
+                            "message": f"workflow {row['workflow_id']!r} closed ({status}) first",
+                        },
+                    },
+                )
+
+    async def _close_children(self, conn: Conn, row: Row, status: str) -> None:
+        reason = f"parent {row['workflow_id']!r} closed ({status})"
+        for child in await self.all(conn, "running_children", {"run_id": row["run_id"]}):
+            policy = child["parent_close_policy"] or "terminate"
+            if policy == "terminate":
+                await self.terminate(conn, child, reason)
+            elif policy == "request_cancel":
+                await self.insert_inbox(
+                    conn,
+                    child["namespace"],
+                    child["workflow_id"],
+                    child["run_id"],
+                    "cancel",
+                    None,
+                    [reason],
+                )
+
+    async def terminate(self, conn: Conn, row: Row, reason: str) -> None:
+        """End a running run at once, without running its code."""
+        bumped = await self.one(conn, "bump_seq", {"run_id": row["run_id"]})
+        assert bumped is not None
+        now = utcnow()
+        event = HistoryEvent(
+            seq=bumped["seq"],
+            event_type=EventType.WORKFLOW_TERMINATED,
+            name=None,
+            attributes={"reason": reason},
+            created_at=now,
+        )
+        await conn.execute(self.q["append_event"], event_params(row["run_id"], event))
+        error = {"type": "TerminatedError", "message": reason, "attrs": {"reason": reason}}
+        await conn.execute(
+            self.q["close_run"],
+            {
+                "run_id": row["run_id"],
+                "status": "terminated",
+                "result": None,
+                "error": dumps(error),
+                "closed_at": now,
+                "continued_run_id": None,
+            },
+        )
+        await conn.execute(self.q["delete_run_tasks"], {"run_id": row["run_id"]})
+        await self.after_close(conn, row, "terminated", None, error)
