@@ -76,7 +76,9 @@ class App:
         self._store_lock: asyncio.Lock | None = None
         self._workers: set[Worker] = set()
         self._close_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._result_poll_interval = 0.5
+        self._result_poll_interval = 0.2
+        self._watched: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self._clock = Clock()
         open_store(self.database_url)  # validate the URL now, not at first use
 
@@ -163,6 +165,9 @@ class App:
     async def close(self) -> None:
         for worker in list(self._workers):
             await worker.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._store is not None:
             store, self._store = self._store, None
             await store.close()
@@ -259,17 +264,26 @@ class App:
         self._run_closed(reply_id)
 
     async def _wait_reply(self, reply_id: str, timeout: float) -> None:
-        await self._wait_closed(reply_id, timeout)
+        await self._wait_closed(reply_id, timeout, watch=False)
 
     def _run_closed(self, run_id: str) -> None:
         for fut in self._close_waiters.pop(run_id, []):
             if not fut.done():
                 fut.set_result(None)
 
-    async def _wait_closed(self, run_id: str, timeout: float) -> None:
+    async def _wait_closed(self, run_id: str, timeout: float, *, watch: bool = True) -> None:
+        """Wait until ``run_id`` closes (or ``timeout``).
+
+        Closes in this process wake waiters at once; closes elsewhere are found by
+        one watcher that asks the database about every awaited run in one query.
+        """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._close_waiters.setdefault(run_id, [])
         waiters.append(fut)
+        if watch:
+            self._watched.add(run_id)
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch_closes())
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -279,6 +293,20 @@ class App:
                 waiters.remove(fut)
             if not waiters:
                 self._close_waiters.pop(run_id, None)
+                self._watched.discard(run_id)
+
+    async def _watch_closes(self) -> None:
+        while self._watched:
+            await asyncio.sleep(self._result_poll_interval)
+            store = self._store
+            if store is None or not self._watched:
+                return
+            try:
+                closed = await store.closed_runs(sorted(self._watched))
+            except Exception:  # the database is away for a moment: ask again later
+                continue
+            for run_id in closed:
+                self._run_closed(run_id)
 
     # -- client ----------------------------------------------------------
     def _resolve_workflow(self, workflow: Any) -> tuple[str, Any]:

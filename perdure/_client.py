@@ -109,7 +109,7 @@ class WorkflowHandle(Generic[R]):
         while True:
             rec = await self._record(run_id)
             if rec.status == WorkflowStatus.RUNNING:
-                wait = self.app._result_poll_interval
+                wait = 30.0  # woken by the close, here or (via the app's watcher) elsewhere
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:

@@ -13,6 +13,8 @@ class Clock:
         self._offset = timedelta(0)
 
     def now(self) -> datetime:
+        if not self.skipping:
+            return datetime.now(UTC)
         return datetime.now(UTC) + self._offset
 
     def advance_to(self, moment: datetime) -> None:

@@ -71,10 +71,15 @@ def _adapter(hint: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(hint)
 
 
+_PLAIN = (int, str, float, bool, dict, list)
+
+
 def from_jsonable(value: Any, hint: Any, *, what: str = "value") -> Any:
     """Convert JSON data to ``hint``'s type; plain values pass through untyped hints."""
     if hint is Any or hint is inspect.Parameter.empty or hint is None or hint is type(None):
         return value
+    if type(value) is hint and hint in _PLAIN:
+        return value  # already the right JSON type: skip validation on the hot path
     try:
         return _adapter(hint).validate_python(value)
     except pydantic.ValidationError as exc:
@@ -106,9 +111,19 @@ class Signature:
         self.hints = [hints.get(p.name, Any) for p in params]
         self.return_hint = hints.get("return", Any)
         self._sig = sig.replace(parameters=params)
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        simple = all(p.kind in positional for p in params)
+        # Fast path for the common case (plain positional parameters): a length check.
+        self._arity = (
+            (sum(p.default is inspect.Parameter.empty for p in params), len(params))
+            if simple
+            else None
+        )
 
     def check_args(self, args: Sequence[Any], *, kind: str) -> None:
         """Raise ``TypeError`` naming the function if ``args`` do not fit its parameters."""
+        if self._arity is not None and self._arity[0] <= len(args) <= self._arity[1]:
+            return
         try:
             self._sig.bind(*args)
         except TypeError as exc:

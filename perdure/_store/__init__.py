@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from perdure._store._base import Store
+
+_SYNCHRONOUS = ("FULL", "NORMAL", "OFF", "EXTRA")
 
 
 def sqlite_path(url: str) -> str:
     """``sqlite:///perdure.db`` -> ``perdure.db``; ``sqlite:////abs/x.db`` -> ``/abs/x.db``."""
-    rest = url[len("sqlite://") :]
+    rest = url[len("sqlite://") :].split("?", 1)[0]
     if not rest.startswith("/") or len(rest) < 2:
         raise ValueError(
             f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db or "
@@ -18,12 +20,26 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
+def sqlite_synchronous(url: str) -> str:
+    """``?synchronous=NORMAL`` trades power-loss durability for speed; FULL is the default."""
+    query = parse_qs(urlparse(url).query)
+    unknown = set(query) - {"synchronous"}
+    if unknown:
+        raise ValueError(f"unknown SQLite URL option(s) {sorted(unknown)} in {url!r}")
+    value = query.get("synchronous", ["FULL"])[-1].upper()
+    if value not in _SYNCHRONOUS:
+        raise ValueError(
+            f"synchronous must be one of {', '.join(_SYNCHRONOUS)} in {url!r}, got {value!r}"
+        )
+    return value
+
+
 def open_store(url: str) -> Store:
     scheme = urlparse(url).scheme.lower()
     if scheme == "sqlite":
         from perdure._store._sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), synchronous=sqlite_synchronous(url))
     if scheme in ("postgresql", "postgres", "cockroachdb"):
         try:
             from perdure._store._cockroach import CockroachStore

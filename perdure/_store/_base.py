@@ -205,6 +205,10 @@ class Store(abc.ABC):
         """The given run, or the latest run of the workflow id."""
 
     @abc.abstractmethod
+    async def closed_runs(self, run_ids: list[str]) -> set[str]:
+        """Which of these runs are no longer running (one query for many waiters)."""
+
+    @abc.abstractmethod
     async def list_runs(self, flt: ListFilter) -> list[RunRecord]:
         """Runs matching the filter, newest first."""
 

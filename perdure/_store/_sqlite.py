@@ -108,9 +108,9 @@ def _event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
 class SQLiteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
-        self.db = SQLiteThread(path)
+        self.db = SQLiteThread(path, synchronous=synchronous)
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
 
@@ -177,6 +177,14 @@ class SQLiteStore(Store):
         def read(conn: sqlite3.Connection) -> RunRecord | None:
             row = conn.execute(_Q["get_run"], {"run_id": run_id}).fetchone()
             return None if row is None else _run_from_row(row)
+
+        return await self.db.read(read)
+
+    async def closed_runs(self, run_ids: list[str]) -> set[str]:
+        params = {"run_ids": _dumps(run_ids)}
+
+        def read(conn: sqlite3.Connection) -> set[str]:
+            return {r["run_id"] for r in conn.execute(_Q["closed_runs"], params)}
 
         return await self.db.read(read)
 

@@ -34,13 +34,14 @@ class _Call:
         self.future = future
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class SQLiteThread:
@@ -116,24 +117,27 @@ class SQLiteThread:
             conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Call]) -> None:
+        done: list[tuple[_Call, bool, Any]] = []
         i = 0
         while i < len(batch):
             if not batch[i].write:
                 call = batch[i]
                 try:
-                    value = call.fn(conn)
-                    self._post(call, True, value)
+                    done.append((call, True, call.fn(conn)))
                 except Exception as exc:
-                    self._post(call, False, exc)
+                    done.append((call, False, exc))
                 i += 1
                 continue
             j = i
             while j < len(batch) and batch[j].write:
                 j += 1
-            self._run_writes(conn, batch[i:j])
+            self._run_writes(conn, batch[i:j], done)
             i = j
+        self._post_all(done)
 
-    def _run_writes(self, conn: sqlite3.Connection, calls: list[_Call]) -> None:
+    def _run_writes(
+        self, conn: sqlite3.Connection, calls: list[_Call], done: list[tuple[_Call, bool, Any]]
+    ) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
             self._begin(conn)
@@ -150,13 +154,11 @@ class SQLiteThread:
         except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for call in calls:
-                self._post(call, False, exc)
+            done.extend((call, False, exc) for call in calls)
             return
         self.commits += 1
         self.grouped_writes += len(calls)
-        for call, (ok, value) in zip(calls, outcomes, strict=True):
-            self._post(call, ok, value)
+        done.extend((call, ok, value) for call, (ok, value) in zip(calls, outcomes, strict=True))
 
     @staticmethod
     def _begin(conn: sqlite3.Connection) -> None:
@@ -172,8 +174,13 @@ class SQLiteThread:
         conn.execute("BEGIN IMMEDIATE")
 
     @staticmethod
-    def _post(call: _Call, ok: bool, value: Any) -> None:
-        try:
-            call.loop.call_soon_threadsafe(_resolve, call.future, ok, value)
-        except RuntimeError:  # the caller's loop is closed; nobody is waiting
-            pass
+    def _post_all(done: list[tuple[_Call, bool, Any]]) -> None:
+        """Wake each waiting event loop once per batch, not once per call."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for call, ok, value in done:
+            by_loop.setdefault(call.loop, []).append((call.future, ok, value))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, items)
+            except RuntimeError:  # the caller's loop is closed; nobody is waiting
+                pass

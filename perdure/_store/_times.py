@@ -8,7 +8,10 @@ _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def fmt(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(_FORMAT)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is far cheaper than strftime; same text as _FORMAT
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def fmt_opt(value: datetime | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,13 @@ class PendingActivity:
             heartbeat_details=[],
         )
 
+    def timeouts_unset(self) -> bool:
+        return (
+            self.start_to_close is None
+            and self.schedule_to_close is None
+            and self.heartbeat_timeout is None
+        )
+
     def apply_defaults(self, options: ActivityOptions) -> None:
         """Fill what the call left open with the executing worker's registered defaults."""
         self.retry = self.retry or options.retry or RetryPolicy()
@@ -72,6 +80,35 @@ class PendingActivity:
             self.state.cancelled = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+class Slots:
+    """A FIFO counting limiter; cheaper than asyncio.Semaphore with many waiters."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot came just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +128,25 @@ async def run_attempt(
     """Run one attempt; never raises (except cancellation of the caller)."""
     state = ActivityState(info)
     act.state = state
-    ctx = contextvars.copy_context()
-    ctx.run(_activity_state.current.set, state)
-    loop = asyncio.get_running_loop()
     try:
         args = defn.signature.decode_args(act.args, kind="activity")
     except Exception as exc:
         return Outcome(
             False, error=ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
         )
+    if defn.is_async and act.timeouts_unset():
+        # The hot path: no timeouts to watch, so no extra task; the caller's task is ours.
+        token = _activity_state.current.set(state)
+        try:
+            value = await defn.fn(*args)
+        except Exception as exc:
+            return Outcome(False, error=exc)
+        finally:
+            _activity_state.current.reset(token)
+        return _success(defn, value)
+    ctx = contextvars.copy_context()
+    ctx.run(_activity_state.current.set, state)
+    loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any]
     if defn.is_async:
         fut = loop.create_task(_call_async(defn, args), context=ctx)
@@ -143,16 +190,20 @@ async def run_attempt(
             )
         except Exception as exc:
             return Outcome(False, error=exc)
-        try:
-            return Outcome(True, value=to_jsonable(value, what=f"result of {defn.name!r}"))
-        except TypeError as exc:
-            return Outcome(
-                False, error=ApplicationError(str(exc), type="PayloadError", non_retryable=True)
-            )
+        return _success(defn, value)
     except asyncio.CancelledError:
         state.cancelled = True
         fut.cancel()
         raise
+
+
+def _success(defn: ActivityDefinition, value: Any) -> Outcome:
+    try:
+        return Outcome(True, value=to_jsonable(value, what=f"result of {defn.name!r}"))
+    except TypeError as exc:
+        return Outcome(
+            False, error=ApplicationError(str(exc), type="PayloadError", non_retryable=True)
+        )
 
 
 async def _call_async(defn: ActivityDefinition, args: list[Any]) -> Any:

@@ -103,7 +103,9 @@ def _close(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None
     attrs = event.attributes
     error = attrs.get("error")
     if event.event_type == EventType.WORKFLOW_CANCELED:
-        error = {"type": "CancelledError", "message": "workflow canceled"}
+        reason = attrs.get("reason")
+        message = f"workflow canceled: {reason}" if reason else "workflow canceled"
+        error = {"type": "CancelledError", "message": message}
     plan.close = RunClose(
         status=_CLOSING[event.event_type], result=attrs.get("result"), error=error
     )

@@ -39,7 +39,7 @@ from perdure._store._base import (
     Store,
     utcnow,
 )
-from perdure._worker._activities import PendingActivity, judge_failure, run_attempt
+from perdure._worker._activities import PendingActivity, Slots, judge_failure, run_attempt
 from perdure._worker._plan import Plan, plan_step, wake_after
 from perdure._worker._run import HeldRun, Input
 from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
@@ -105,7 +105,7 @@ class Worker:
         self._store: Store | None = None
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._activity_slots = asyncio.Semaphore(max_concurrent_activities)
+        self._activity_slots = Slots(max_concurrent_activities)
         self._pool: ThreadPoolExecutor | None = None
         self._adopting: set[asyncio.Task[None]] = set()
         self._remote: set[asyncio.Task[None]] = set()
@@ -385,9 +385,12 @@ class Worker:
         info = self._activity_info(
             task.namespace, task.workflow_id, task.run_id, task.workflow_type, task.task_queue, act
         )
-        async with self._activity_slots:
-            act.in_attempt = True
+        await self._activity_slots.acquire()
+        act.in_attempt = True
+        try:
             outcome = await run_attempt(act, defn, info, self._pool_(), self.clock.now())
+        finally:
+            self._activity_slots.release()
         if act.state is not None:
             act.heartbeat_details = list(act.state.details)
         base = {
@@ -716,14 +719,15 @@ class Worker:
                     outcome_ok, value = False, None
                 else:
                     act.apply_defaults(defn.options)
-                    async with self._activity_slots:
-                        act.in_attempt = True
-                        try:
-                            outcome = await run_attempt(
-                                act, defn, self._info(run, act), self._pool_(), self.clock.now()
-                            )
-                        finally:
-                            act.in_attempt = False
+                    await self._activity_slots.acquire()
+                    act.in_attempt = True
+                    try:
+                        outcome = await run_attempt(
+                            act, defn, self._info(run, act), self._pool_(), self.clock.now()
+                        )
+                    finally:
+                        act.in_attempt = False
+                        self._activity_slots.release()
                     outcome_ok, value = outcome.ok, outcome.value
                     error = outcome.error if outcome.error is not None else RuntimeError()
                 if act.state is not None:

@@ -27,13 +27,19 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _ReplayFilter(logging.Filter):
+class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The workflow's logger: tagged with its ids, and silent while it replays."""
+
     def __init__(self, runner: WorkflowRunner) -> None:
-        super().__init__()
+        info = runner.info
+        super().__init__(
+            logging.getLogger(f"perdure.workflow.{info.workflow_type}"),
+            {"workflow_id": info.workflow_id, "run_id": info.run_id},
+        )
         self._runner = runner
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self._runner.replaying
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._runner.replaying and self.logger.isEnabledFor(level)
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future[Any], result: Any) -> None:
@@ -46,12 +52,7 @@ class WorkflowContext:
 
     def __init__(self, runner: WorkflowRunner) -> None:
         self._runner = runner
-        logger = logging.getLogger(f"perdure.workflow.{runner.info.workflow_type}")
-        self.logger = logging.LoggerAdapter(
-            logger, {"workflow_id": runner.info.workflow_id, "run_id": runner.info.run_id}
-        )
-        self._replay_filter = _ReplayFilter(runner)
-        self.logger.logger.addFilter(self._replay_filter)
+        self.logger: logging.LoggerAdapter = _WorkflowLogger(runner)  # type: ignore[type-arg]
 
     @property
     def info(self) -> WorkflowInfo:

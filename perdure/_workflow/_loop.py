@@ -56,6 +56,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._now = 0.0
         self._closed = False
         self.unhandled: list[dict[str, Any]] = []
+        # asyncio.all_tasks() scans every task of the process; keep our own, cheaply.
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     # -- driving ---------------------------------------------------------
     def set_time(self, now: float) -> None:
@@ -115,7 +117,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=self, name=name, context=context)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         pass

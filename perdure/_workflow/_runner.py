@@ -97,6 +97,7 @@ class WorkflowRunner:
         self.now = datetime.now(UTC)
         self.closed = False
         self.cancel_requested = False
+        self.cancel_reason: str | None = None
         self.failure: NonDeterminismError | None = None
         self.main_task: asyncio.Task[None] | None = None
         self.adhoc_activities: dict[str, ActivityDefinition] = {}
@@ -186,12 +187,14 @@ class WorkflowRunner:
     def evict(self) -> None:
         """Drop the run from memory: cancel its tasks so their coroutines close."""
         self._evicting = True
-        for task in list(asyncio.all_tasks(self.loop)):
-            task.cancel()
-        try:
-            self.loop.run_once()
-        except BaseException:
-            pass
+        pending = [task for task in self.loop.tasks if not task.done()]
+        if pending:
+            for task in pending:
+                task.cancel()
+            try:
+                self.loop.run_once()
+            except BaseException:  # best effort while throwing the run away
+                pass
         self.loop.close()
 
     # -- commands --------------------------------------------------------
@@ -357,6 +360,7 @@ class WorkflowRunner:
             )
         elif kind == EventType.CANCEL_REQUESTED:
             self.cancel_requested = True
+            self.cancel_reason = attrs.get("reason")
             if self.main_task is not None and not self.main_task.done():
                 self.main_task.cancel()
         elif kind == EventType.WORKFLOW_TERMINATED:
@@ -471,7 +475,13 @@ class WorkflowRunner:
         except asyncio.CancelledError:
             if self.closed:
                 raise
-            self.issue(Command(event_type=EventType.WORKFLOW_CANCELED, name=None, attributes={}))
+            self.issue(
+                Command(
+                    event_type=EventType.WORKFLOW_CANCELED,
+                    name=None,
+                    attributes={"reason": self.cancel_reason},
+                )
+            )
             return
         except NonDeterminismError as exc:
             if self.failure is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -48,9 +49,10 @@ async def test_cancel_runs_compensation_then_ends_canceled(app: perdure.App) -> 
         handle = await app.start_workflow(trip)
         while "charge:start" not in log:
             await asyncio.sleep(0.01)
-        await handle.cancel()
+        await handle.cancel("customer changed their mind")
         with pytest.raises(WorkflowFailedError) as info:
             await handle.result(timeout=20)
+        assert "customer changed their mind" in str(info.value.cause)
         for _ in range(100):
             if "charge:noticed-cancel" in log:
                 break
@@ -87,6 +89,29 @@ async def test_async_activity_gets_cancelled_error(app: perdure.App) -> None:
         with pytest.raises(WorkflowFailedError):
             await handle.result(timeout=20)
     assert seen == ["cancelled"]
+
+
+async def test_workflow_logger_is_silent_during_replay(
+    app: perdure.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.workflow(name="chatty")
+    async def chatty(ctx: WorkflowContext, n: int) -> None:
+        for i in range(n):
+            ctx.logger.info("step %d", i)
+            await ctx.sleep("1ms")
+
+    async with app.worker():
+        with caplog.at_level("INFO", logger="perdure.workflow.chatty"):
+            for _ in range(3):
+                await app.execute_workflow(chatty, 2)
+            history = await app.get_handle(
+                [d async for d in app.list_workflows()][0].workflow_id
+            ).history()
+            before = len(caplog.records)
+            await perdure.testing.replay(app, history)
+    assert before == 6
+    assert len(caplog.records) == 6  # replay logged nothing
+    assert logging.getLogger("perdure.workflow.chatty").filters == []
 
 
 async def test_workflow_that_catches_cancel_and_returns_completes(app: perdure.App) -> None:

@@ -194,3 +194,7 @@ UPDATE perdure_tasks SET lease_expires_at = :lease_until WHERE owner = :worker_i
 
 -- name: release_tasks
 UPDATE perdure_tasks SET owner = NULL, lease_expires_at = NULL WHERE owner = :worker_id;
+
+-- name: closed_runs
+SELECT run_id FROM perdure_workflows
+WHERE run_id IN (SELECT value FROM json_each(:run_ids)) AND status != 'running';
