@@ -157,31 +157,18 @@ async def run_attempt(
     if act.schedule_to_close is not None:
         remaining_s2c = act.schedule_to_close - (now - act.scheduled_at).total_seconds()
     try:
-        while True:
-            tick = time.monotonic()
-            waits: list[tuple[float, str]] = []
-            if act.start_to_close is not None:
-                waits.append((started + act.start_to_close - tick, "start_to_close"))
-            if remaining_s2c is not None:
-                waits.append((started + remaining_s2c - tick, "schedule_to_close"))
-            if act.heartbeat_timeout is not None:
-                waits.append((state.last_heartbeat + act.heartbeat_timeout - tick, "heartbeat"))
-            expired = [kind for left, kind in waits if left <= 0]
-            if expired:
-                state.cancelled = True
-                fut.cancel()
-                return Outcome(
-                    False,
-                    error=TimeoutError(
-                        f"activity {act.activity_type!r} attempt {act.attempt} hit its "
-                        f"{expired[0]} timeout",
-                        timeout_type=expired[0],
-                    ),
-                )
-            timeout = min(left for left, _ in waits) if waits else None
-            done, _ = await asyncio.wait({fut}, timeout=timeout)
-            if done:
-                break
+        expired = await _watch(fut, act, state, started, remaining_s2c)
+        if expired is not None:
+            state.cancelled = True
+            fut.cancel()
+            return Outcome(
+                False,
+                error=TimeoutError(
+                    f"activity {act.activity_type!r} attempt {act.attempt} hit its "
+                    f"{expired} timeout",
+                    timeout_type=expired,
+                ),
+            )
         try:
             value = fut.result()
         except asyncio.CancelledError:
@@ -195,6 +182,32 @@ async def run_attempt(
         state.cancelled = True
         fut.cancel()
         raise
+
+
+async def _watch(
+    fut: asyncio.Future[Any],
+    act: PendingActivity,
+    state: ActivityState,
+    started: float,
+    remaining_s2c: float | None,
+) -> str | None:
+    """Wait for the attempt; return the kind of timeout that expired first, if any."""
+    while True:
+        tick = time.monotonic()
+        waits: list[tuple[float, str]] = []
+        if act.start_to_close is not None:
+            waits.append((started + act.start_to_close - tick, "start_to_close"))
+        if remaining_s2c is not None:
+            waits.append((started + remaining_s2c - tick, "schedule_to_close"))
+        if act.heartbeat_timeout is not None:
+            waits.append((state.last_heartbeat + act.heartbeat_timeout - tick, "heartbeat"))
+        expired = [kind for left, kind in waits if left <= 0]
+        if expired:
+            return expired[0]
+        timeout = min(left for left, _ in waits) if waits else None
+        done, _ = await asyncio.wait({fut}, timeout=timeout)
+        if done:
+            return None
 
 
 def _success(defn: ActivityDefinition, value: Any) -> Outcome:

@@ -104,9 +104,8 @@ async def test_workflow_logger_is_silent_during_replay(
         with caplog.at_level("INFO", logger="perdure.workflow.chatty"):
             for _ in range(3):
                 await app.execute_workflow(chatty, 2)
-            history = await app.get_handle(
-                [d async for d in app.list_workflows()][0].workflow_id
-            ).history()
+            latest = await anext(app.list_workflows())
+            history = await app.get_handle(latest.workflow_id).history()
             before = len(caplog.records)
             await perdure.testing.replay(app, history)
     assert before == 6
