@@ -107,6 +107,18 @@ class NewTask:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ActivityProgress:
+    """Where a local activity stands: enough to create its task row on first need."""
+
+    activity_id: int
+    activity_type: str
+    label: str
+    attempt: int
+    scheduled_at: datetime
+    heartbeat_details: list[Any]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RemoteTask:
     """An activity claimed from a task queue by a worker that does not hold its run."""
 
@@ -282,14 +294,16 @@ class Store(abc.ABC):
         self,
         *,
         run_id: str,
-        activity_id: int,
         worker_id: str,
-        attempt: int,
+        activity: ActivityProgress,
         visible_at: datetime,
-        heartbeat_details: list[Any],
         last_failure: dict[str, Any],
     ) -> None:
-        """Record a failed attempt and when the next one is due (durable backoff)."""
+        """Record a failed attempt of a local activity and when the next one is due.
+
+        Local activities have no task row until an attempt fails; this creates or
+        updates it, so backoff and attempt counts survive a crash.
+        """
 
     @abc.abstractmethod
     async def claim_activity_tasks(
@@ -328,7 +342,8 @@ class Store(abc.ABC):
         """Give back every activity task this worker claimed (graceful shutdown)."""
 
     @abc.abstractmethod
-    async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None: ...
+    async def save_heartbeat(self, run_id: str, activity: ActivityProgress) -> None:
+        """Persist the heartbeat details of a running local activity."""
 
     @abc.abstractmethod
     async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:

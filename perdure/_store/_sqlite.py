@@ -15,6 +15,7 @@ from perdure._errors import (
 )
 from perdure._history import EventType, HistoryEvent
 from perdure._store._base import (
+    ActivityProgress,
     ActivityTask,
     InboxItem,
     ListFilter,
@@ -92,6 +93,18 @@ def _inbox_from_row(row: sqlite3.Row) -> InboxItem:
         created_at=parse(row["created_at"]),
         undecodable=undecodable,
     )
+
+
+def _progress_params(run_id: str, activity: ActivityProgress) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "activity_id": activity.activity_id,
+        "activity_type": activity.activity_type,
+        "label": activity.label,
+        "attempt": activity.attempt,
+        "scheduled_at": fmt(activity.scheduled_at),
+        "heartbeat_details": _dumps(activity.heartbeat_details),
+    }
 
 
 def _event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
@@ -308,20 +321,15 @@ class SQLiteStore(Store):
         self,
         *,
         run_id: str,
-        activity_id: int,
         worker_id: str,
-        attempt: int,
+        activity: ActivityProgress,
         visible_at: datetime,
-        heartbeat_details: list[Any],
         last_failure: dict[str, Any],
     ) -> None:
         params = {
-            "run_id": run_id,
-            "activity_id": activity_id,
+            **_progress_params(run_id, activity),
             "worker_id": worker_id,
-            "attempt": attempt,
             "visible_at": fmt(visible_at),
-            "heartbeat_details": _dumps(heartbeat_details),
             "last_failure": _dumps(last_failure),
         }
 
@@ -426,12 +434,8 @@ class SQLiteStore(Store):
             lambda conn: conn.execute(_Q["release_tasks"], {"worker_id": worker_id})
         )
 
-    async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None:
-        params = {
-            "run_id": run_id,
-            "activity_id": activity_id,
-            "heartbeat_details": _dumps(details),
-        }
+    async def save_heartbeat(self, run_id: str, activity: ActivityProgress) -> None:
+        params = _progress_params(run_id, activity)
         await self.db.write(lambda conn: conn.execute(_Q["save_heartbeat"], params))
 
     async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:

@@ -17,6 +17,7 @@ from perdure._converter import to_jsonable
 from perdure._errors import ApplicationError, TimeoutError, failure_to_dict
 from perdure._registry import ActivityDefinition, ActivityOptions
 from perdure._retry import RetryPolicy
+from perdure._store._base import ActivityProgress
 
 
 @dataclass(slots=True)
@@ -38,6 +39,18 @@ class PendingActivity:
     task: asyncio.Task[None] | None = None
     state: ActivityState | None = None
     in_attempt: bool = False
+    has_row: bool = False  # a task row exists (only after a failed attempt, or remote)
+
+    def progress(self) -> ActivityProgress:
+        details = list(self.state.details) if self.state is not None else self.heartbeat_details
+        return ActivityProgress(
+            activity_id=self.activity_id,
+            activity_type=self.activity_type,
+            label=self.label,
+            attempt=self.attempt,
+            scheduled_at=self.scheduled_at,
+            heartbeat_details=details,
+        )
 
     @classmethod
     def from_scheduled(

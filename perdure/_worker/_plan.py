@@ -71,7 +71,10 @@ def _activity(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> N
     attrs = event.attributes
     act = PendingActivity.from_scheduled(attrs, event.name or "", now)
     if attrs.get("task_queue") is None:
-        plan.new_activities.append(act)  # runs here, right after the commit
+        # Runs here, right after the commit. No task row: the event makes it
+        # recoverable; a row appears only if an attempt fails (retry state).
+        plan.new_activities.append(act)
+        return
     plan.new_tasks.append(
         NewTask(
             activity_id=act.activity_id,

@@ -250,9 +250,8 @@ class Worker:
                 state = act.state
                 if state is not None and state.dirty:
                     state.dirty = False
-                    await self.store.save_heartbeat(
-                        run.run_id, act.activity_id, list(state.details)
-                    )
+                    await self.store.save_heartbeat(run.run_id, act.progress())
+                    act.has_row = True
 
     # -- claiming and adopting runs --------------------------------------
     async def _claim(self) -> None:
@@ -327,21 +326,24 @@ class Worker:
             )
         for timer_id, (handle, _) in runner.pending_timers.items():
             self._arm_timer(run, timer_id, datetime.fromtimestamp(handle.when(), tz=UTC))
-        scheduled = {
-            int(e.attributes["activity_id"]): e
-            for e in history
-            if e.event_type == EventType.ACTIVITY_SCHEDULED
-        }
-        for task in tasks:
-            event = scheduled.get(task.activity_id)
-            if event is None or task.task_queue is not None:
-                continue  # activities of other task queues are not ours to run
+        rows = {task.activity_id: task for task in tasks}
+        for event in history:
+            activity_id = int(event.attributes.get("activity_id") or 0)
+            if (
+                event.event_type != EventType.ACTIVITY_SCHEDULED
+                or activity_id not in runner.pending_activities
+                or event.attributes.get("task_queue") is not None
+            ):
+                continue  # finished, canceled, or another task queue's to run
             act = PendingActivity.from_scheduled(
-                event.attributes, event.name or task.activity_type, task.scheduled_at
+                event.attributes, event.name or "", event.created_at
             )
-            act.attempt = task.attempt
-            act.visible_at = task.visible_at
-            act.heartbeat_details = task.heartbeat_details
+            row = rows.get(activity_id)
+            if row is not None:  # it failed before: resume its retry state
+                act.attempt = row.attempt
+                act.visible_at = row.visible_at
+                act.heartbeat_details = row.heartbeat_details
+                act.has_row = True
             run.activities[act.activity_id] = act
             self._launch_activity(run, act)
         self._take_inbox(run, inbox)
@@ -756,13 +758,12 @@ class Worker:
                 act.visible_at = verdict.retry_at
                 await self.store.retry_activity(
                     run_id=run.run_id,
-                    activity_id=act.activity_id,
                     worker_id=self.worker_id,
-                    attempt=act.attempt,
+                    activity=act.progress(),
                     visible_at=act.visible_at,
-                    heartbeat_details=act.heartbeat_details,
                     last_failure=verdict.failure,
                 )
+                act.has_row = True
         except asyncio.CancelledError:
             pass
         except StepRejected:
@@ -786,7 +787,7 @@ class Worker:
                     "attempt": act.attempt,
                     **attrs,
                 },
-                finished_activity=act.activity_id,
+                finished_activity=act.activity_id if act.has_row else None,
             )
         )
         self._kick(run)

@@ -80,16 +80,30 @@ DELETE FROM perdure_tasks WHERE run_id = :run_id;
 DELETE FROM perdure_inbox WHERE inbox_id = :inbox_id;
 
 -- name: retry_task
-UPDATE perdure_tasks
-SET attempt = :attempt, visible_at = :visible_at, heartbeat_details = :heartbeat_details,
-    last_failure = :last_failure
-WHERE run_id = :run_id AND activity_id = :activity_id
-  AND EXISTS (SELECT 1 FROM perdure_workflows w
-              WHERE w.run_id = :run_id AND w.owner = :worker_id AND w.status = 'running');
+-- Local activities get a row only once an attempt fails: the row holds the retry state.
+INSERT INTO perdure_tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, label, attempt, scheduled_at,
+    visible_at, heartbeat_details, last_failure
+)
+SELECT w.namespace, w.run_id, :activity_id, :activity_type, NULL, :label, :attempt,
+       :scheduled_at, :visible_at, :heartbeat_details, :last_failure
+FROM perdure_workflows w
+WHERE w.run_id = :run_id AND w.owner = :worker_id AND w.status = 'running'
+ON CONFLICT (run_id, activity_id) DO UPDATE
+SET attempt = excluded.attempt, visible_at = excluded.visible_at,
+    heartbeat_details = excluded.heartbeat_details, last_failure = excluded.last_failure;
 
 -- name: save_heartbeat
-UPDATE perdure_tasks SET heartbeat_details = :heartbeat_details
-WHERE run_id = :run_id AND activity_id = :activity_id;
+INSERT INTO perdure_tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, label, attempt, scheduled_at,
+    visible_at, heartbeat_details
+)
+SELECT w.namespace, w.run_id, :activity_id, :activity_type, NULL, :label, :attempt,
+       :scheduled_at, :scheduled_at, :heartbeat_details
+FROM perdure_workflows w
+WHERE w.run_id = :run_id AND w.status = 'running'
+ON CONFLICT (run_id, activity_id) DO UPDATE
+SET heartbeat_details = excluded.heartbeat_details;
 
 -- name: renew_leases
 UPDATE perdure_workflows SET lease_expires_at = :lease_until
