@@ -376,9 +376,22 @@ class App:
             memo=memo,
         )
         store = await self._get_store()
-        run_id, _ = await store.start_run(new_run)
-        self._wake_workers()
+        worker = self._local_worker_for(new_run) if not start_delay else None
+        if worker is not None:
+            new_run = worker.lease_new_run(new_run)
+        run_id, created = await store.start_run(new_run)
+        if created and worker is not None:
+            worker.adopt_new_run(new_run)
+        else:
+            self._wake_workers()
         return WorkflowHandle(self, new_run.workflow_id, run_id, result_type=result_type)
+
+    def _local_worker_for(self, run: NewRun) -> Worker | None:
+        """A worker of this app that can take the run at once, skipping the claim."""
+        for worker in self._workers:
+            if worker.can_adopt(run):
+                return worker
+        return None
 
     def _new_run(
         self,

@@ -67,6 +67,37 @@ class NewRun:
     child_id: int | None = None
     search_attributes: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)
+    # Set when the starting process's own worker takes the run at once (no claim).
+    owner: str | None = None
+    lease_until: datetime | None = None
+    created_at: datetime | None = None
+
+    def record(self) -> RunRecord:
+        """The row this run gets when it is inserted (for a worker adopting it directly)."""
+        return RunRecord(
+            run_id=self.run_id,
+            namespace=self.namespace,
+            workflow_id=self.workflow_id,
+            workflow_type=self.workflow_type,
+            task_queue=self.task_queue,
+            status="running",
+            input=self.input,
+            result=None,
+            error=None,
+            parent_workflow_id=self.parent_workflow_id,
+            parent_run_id=self.parent_run_id,
+            parent_close_policy=self.parent_close_policy,
+            child_id=self.child_id,
+            search_attributes=self.search_attributes,
+            memo=self.memo,
+            continued_run_id=None,
+            next_event_seq=1,
+            wake_at=self.wake_at,
+            owner=self.owner,
+            parked_error=None,
+            created_at=self.created_at or self.wake_at,
+            closed_at=None,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

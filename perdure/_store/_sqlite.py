@@ -571,7 +571,9 @@ def _insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
             "search_attributes": _dumps(run.search_attributes),
             "memo": _dumps(run.memo),
             "wake_at": fmt(run.wake_at),
-            "created_at": fmt(utcnow()),
+            "owner": run.owner,
+            "lease_until": fmt_opt(run.lease_until),
+            "created_at": fmt(run.created_at or utcnow()),
         },
     )
     return run.run_id, True

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
@@ -272,8 +272,36 @@ class Worker:
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
 
-    async def _adopt(self, record: RunRecord) -> None:
-        """Bring a claimed run into memory: replay its history, resume what was pending."""
+    def can_adopt(self, run: NewRun) -> bool:
+        return (
+            self.state == WorkerState.RUNNING
+            and run.task_queue in self.task_queues
+            and run.workflow_type in self.app._registry.workflows
+            and len(self.runs) + len(self._adopting) < self.max_concurrent_workflows
+        )
+
+    def lease_new_run(self, run: NewRun) -> NewRun:
+        """Mark a run about to be inserted as held by this worker from the start."""
+        return replace(
+            run,
+            owner=self.worker_id,
+            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
+            created_at=utcnow(),
+        )
+
+    def adopt_new_run(self, run: NewRun) -> None:
+        """Take a run this worker leased at insertion: nothing to load, nothing to replay."""
+        record = run.record()
+        if self.state != WorkerState.RUNNING:
+            asyncio.get_running_loop().create_task(
+                self.store.release_run(record.run_id, self.worker_id, utcnow())
+            )
+            return
+        held = self._hold(record, self._runner_for(record), history_length=0)
+        self._start_input(held)
+        self._kick(held)
+
+    def _runner_for(self, record: RunRecord) -> WorkflowRunner:
         defn = self.app._registry.workflows[record.workflow_type]
         parent = (
             ParentInfo(workflow_id=record.parent_workflow_id, run_id=record.parent_run_id)
@@ -288,7 +316,36 @@ class Worker:
             namespace=record.namespace,
             parent=parent,
         )
-        runner = WorkflowRunner(defn, info, self.app._registry)
+        return WorkflowRunner(defn, info, self.app._registry)
+
+    def _hold(self, record: RunRecord, runner: WorkflowRunner, history_length: int) -> HeldRun:
+        self.stats.runs_adopted += 1
+        self.stats.events_replayed += history_length
+        run = HeldRun(record=record, runner=runner, next_seq=history_length + 1)
+        self.runs[record.run_id] = run
+        return run
+
+    def _start_input(self, run: HeldRun) -> None:
+        record = run.record
+        run.inputs.append(
+            Input(
+                EventType.WORKFLOW_STARTED,
+                record.workflow_type,
+                {
+                    "args": record.input,
+                    "workflow_id": record.workflow_id,
+                    "run_id": record.run_id,
+                    "workflow_type": record.workflow_type,
+                    "task_queue": record.task_queue,
+                    "parent_workflow_id": record.parent_workflow_id,
+                    "parent_run_id": record.parent_run_id,
+                },
+            )
+        )
+
+    async def _adopt(self, record: RunRecord) -> None:
+        """Bring a claimed run into memory: replay its history, resume what was pending."""
+        runner = self._runner_for(record)
         try:
             history = await self.store.load_history(record.run_id)
             tasks = await self.store.load_tasks(record.run_id)
@@ -304,26 +361,9 @@ class Worker:
             runner.evict()
             await self.store.release_run(record.run_id, self.worker_id, utcnow())
             return
-        self.stats.runs_adopted += 1
-        self.stats.events_replayed += len(history)
-        run = HeldRun(record=record, runner=runner, next_seq=len(history) + 1)
-        self.runs[record.run_id] = run
+        run = self._hold(record, runner, len(history))
         if not history:
-            run.inputs.append(
-                Input(
-                    EventType.WORKFLOW_STARTED,
-                    record.workflow_type,
-                    {
-                        "args": record.input,
-                        "workflow_id": record.workflow_id,
-                        "run_id": record.run_id,
-                        "workflow_type": record.workflow_type,
-                        "task_queue": record.task_queue,
-                        "parent_workflow_id": record.parent_workflow_id,
-                        "parent_run_id": record.parent_run_id,
-                    },
-                )
-            )
+            self._start_input(run)
         for timer_id, (handle, _) in runner.pending_timers.items():
             self._arm_timer(run, timer_id, datetime.fromtimestamp(handle.when(), tz=UTC))
         rows = {task.activity_id: task for task in tasks}

@@ -5,11 +5,11 @@
 INSERT INTO perdure_workflows (
     run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
     parent_workflow_id, parent_run_id, parent_close_policy, child_id,
-    search_attributes, memo, wake_at, created_at
+    search_attributes, memo, wake_at, owner, lease_expires_at, created_at
 ) VALUES (
     :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, 'running', :input,
     :parent_workflow_id, :parent_run_id, :parent_close_policy, :child_id,
-    :search_attributes, :memo, :wake_at, :created_at
+    :search_attributes, :memo, :wake_at, :owner, :lease_until, :created_at
 );
 
 -- name: latest_run
