@@ -40,6 +40,7 @@ _DDL_RACES = (
     errors.DuplicateTable,
     errors.DuplicateObject,
     errors.DuplicateSchema,
+    errors.InternalError_,  # PostgreSQL (emulation): "tuple concurrently updated"
 )
 
 

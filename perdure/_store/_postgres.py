@@ -24,6 +24,7 @@ from perdure._store._base import (
     InboxItem,
     ListFilter,
     NewRun,
+    RemoteTask,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -48,6 +49,7 @@ from perdure._store._postgres_tx import (
     inbox_from_row,
     is_plain,
     plain_step_params,
+    remote_task_from_row,
     run_from_row,
     task_from_row,
 )
@@ -318,6 +320,72 @@ class PostgresStore(Store):
         if await self._write(self.q["retry_task"], params) != 1:
             raise StepRejected(run_id)
 
+    async def claim_activity_tasks(
+        self,
+        *,
+        namespace: str,
+        worker_id: str,
+        task_queues: list[str],
+        activity_types: list[str],
+        limit: int,
+        lease_until: datetime,
+    ) -> list[RemoteTask]:
+        params = {
+            "namespace": namespace,
+            "worker_id": worker_id,
+            "task_queues": task_queues,
+            "activity_types": activity_types,
+            "limit": limit,
+            "lease_until": lease_until,
+            "now": utcnow(),
+        }
+        rows = await self._write_all(self.q["claim_activity_tasks"], params)
+        return [remote_task_from_row(r) for r in rows]
+
+    async def finish_remote_task(
+        self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
+    ) -> bool:
+        async def tx(conn: Conn) -> bool:
+            key = {"run_id": task.run_id, "activity_id": task.activity_id, "worker_id": worker_id}
+            if (await conn.execute(self.q["finish_remote_task"], key)).rowcount != 1:
+                return False
+            await self.tx.insert_inbox(
+                conn,
+                task.namespace,
+                task.workflow_id,
+                task.run_id,
+                "activity_result",
+                task.label,
+                [outcome],
+            )
+            return True
+
+        return await self.db.transaction(tx)
+
+    async def retry_remote_task(
+        self,
+        task: RemoteTask,
+        worker_id: str,
+        *,
+        attempt: int,
+        visible_at: datetime,
+        heartbeat_details: list[Any],
+        last_failure: dict[str, Any],
+    ) -> None:
+        params = {
+            "run_id": task.run_id,
+            "activity_id": task.activity_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "visible_at": visible_at,
+            "heartbeat_details": dumps(heartbeat_details),
+            "last_failure": dumps(last_failure),
+        }
+        await self._write(self.q["retry_remote_task"], params)
+
+    async def release_tasks(self, worker_id: str) -> None:
+        await self._write(self.q["release_tasks"], {"worker_id": worker_id})
+
     async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None:
         params = {
             "run_id": run_id,
@@ -328,7 +396,13 @@ class PostgresStore(Store):
 
     async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
         params = {"worker_id": worker_id, "lease_until": lease_until}
-        return {r["run_id"] for r in await self._write_all(self.q["renew_leases"], params)}
+
+        async def tx(conn: Conn) -> set[str]:
+            await conn.execute(self.q["renew_task_leases"], params)
+            rows = await (await conn.execute(self.q["renew_leases"], params)).fetchall()
+            return {r["run_id"] for r in rows}
+
+        return await self.db.transaction(tx)
 
     async def release_run(self, run_id: str, worker_id: str, wake_at: datetime | None) -> None:
         params = {"run_id": run_id, "worker_id": worker_id, "wake_at": wake_at}

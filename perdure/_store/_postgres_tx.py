@@ -21,6 +21,7 @@ from perdure._store._base import (
     ActivityTask,
     InboxItem,
     NewRun,
+    RemoteTask,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -103,6 +104,24 @@ def task_from_row(row: Row) -> ActivityTask:
     )
 
 
+def remote_task_from_row(row: Row) -> RemoteTask:
+    return RemoteTask(
+        namespace=row["namespace"],
+        run_id=row["run_id"],
+        workflow_id=row["workflow_id"],
+        workflow_type=row["workflow_type"],
+        activity_id=row["activity_id"],
+        activity_type=row["activity_type"],
+        task_queue=row["task_queue"],
+        label=row["label"],
+        args=row["args"],
+        options=row["options"],
+        attempt=row["attempt"],
+        scheduled_at=row["scheduled_at"],
+        heartbeat_details=row["heartbeat_details"],
+    )
+
+
 def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -146,6 +165,9 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
         "task_ids": [t.activity_id for t in step.new_tasks],
         "task_types": [t.activity_type for t in step.new_tasks],
         "task_queues": [t.task_queue for t in step.new_tasks],
+        "task_labels": [t.label for t in step.new_tasks],
+        "task_args": [dumps(t.args) for t in step.new_tasks],
+        "task_options": [dumps(t.options) for t in step.new_tasks],
         "task_scheduled": [t.scheduled_at for t in step.new_tasks],
         "task_visible": [t.visible_at for t in step.new_tasks],
         "consumed_inbox": list(step.consumed_inbox),
@@ -325,6 +347,9 @@ class Statements:
                         "activity_id": t.activity_id,
                         "activity_type": t.activity_type,
                         "task_queue": t.task_queue,
+                        "label": t.label,
+                        "args": dumps(t.args),
+                        "options": dumps(t.options),
                         "scheduled_at": t.scheduled_at,
                         "visible_at": t.visible_at,
                     }

@@ -18,11 +18,12 @@ import pytest
 from pgserver import Databases
 
 import perdure
-from perdure import WorkflowContext
+from perdure import RetryPolicy, WorkflowContext
 from perdure._history import EventType, HistoryEvent
 from perdure._store import open_store
 from perdure._store._base import NewRun, NewTask, RunClose, StepCommit, StepRejected, Store, utcnow
 from perdure._store._postgres import PostgresStore
+from perdure._store._queries import migration_files
 
 both = pytest.mark.parametrize("database_url", ["postgres", "cockroach"], indirect=True)
 postgres_only = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -197,22 +198,17 @@ async def test_migrations_are_concurrent_and_idempotent(
         for store in stores:
             await store.close()
     async with await psycopg.AsyncConnection.connect(postgres.url_for(name)) as conn:
-        cur = await conn.execute("SELECT version, name FROM perdure.schema_version")
-        assert await cur.fetchall() == [(1, "initial")]
+        cur = await conn.execute("SELECT version, name FROM perdure.schema_version ORDER BY 1")
+        assert await cur.fetchall() == [(v, n) for v, n, _ in migration_files(kind)]
         cur = await conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'perdure'"
-            " ORDER BY 1"
+            "SELECT table_type, table_name FROM information_schema.tables"
+            " WHERE table_schema = 'perdure' ORDER BY 1, 2"
         )
-        tables = [r[0] for r in await cur.fetchall()]
-    assert tables == [
-        "history",
-        "inbox",
-        "replies",
-        "schema_version",
-        "tasks",
-        "workers",
-        "workflows",
-    ]
+        found = await cur.fetchall()
+    tables = ["history", "inbox", "replies", "schema_version", "tasks", "workers", "workflows"]
+    views = ["activity_durations", "failed", "queue_backlog", "running", "slowest_activities"]
+    views.append("stuck")
+    assert found == [("BASE TABLE", t) for t in tables] + [("VIEW", v) for v in views]
 
 
 async def test_a_schema_of_its_own(postgres: Databases) -> None:
@@ -370,3 +366,47 @@ async def test_group_commit_puts_concurrent_steps_in_one_transaction(
         assert store._group.transactions < 50
     finally:
         await store.close()
+
+
+@both
+async def test_operator_views(app: perdure.App, database_url: str) -> None:
+    @app.activity(name="charge", retry=RetryPolicy(maximum_attempts=2, initial_interval="10ms"))
+    async def charge(amount: int) -> int:
+        if amount < 0:
+            raise ValueError("negative amount")
+        await asyncio.sleep(0.05)
+        return amount
+
+    @app.workflow(name="pay")
+    async def pay(ctx: WorkflowContext, amount: int) -> int:
+        return await ctx.activity(charge, amount)
+
+    @app.workflow(name="wait")
+    async def wait(ctx: WorkflowContext) -> None:
+        await ctx.wait_for_signal("go")
+
+    conninfo = database_url.replace("cockroachdb://", "postgresql://", 1)
+
+    async def rows(sql: str) -> list[tuple[Any, ...]]:
+        async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+            return await (await conn.execute(sql)).fetchall()
+
+    async with app.worker(poll_interval="50ms"):
+        await app.execute_workflow(pay, 5, workflow_id="ok")
+        bad = await app.start_workflow(pay, -1, workflow_id="bad")
+        with pytest.raises(perdure.WorkflowFailedError):
+            await bad.result(timeout=20)
+        await app.start_workflow(wait, workflow_id="waiting")
+        await asyncio.sleep(0.3)
+        assert await rows("SELECT workflow_id, parked FROM perdure.running") == [("waiting", False)]
+        assert await rows("SELECT workflow_id, error_type, error_message FROM perdure.failed") == [
+            ("bad", "ActivityError", "activity 'charge' failed")
+        ]
+        slow = await rows(
+            "SELECT activity, outcome, attempts, seconds FROM perdure.slowest_activities"
+        )
+        assert slow[0][:2] == ("charge", "activity_completed") and slow[0][3] >= 0.05
+        assert {(r[1], r[2]) for r in slow} == {("activity_completed", 1), ("activity_failed", 2)}
+        assert await rows("SELECT * FROM perdure.stuck") == []
+        backlog = await rows("SELECT kind, due FROM perdure.queue_backlog")
+        assert all(due >= 0 for _, due in backlog)

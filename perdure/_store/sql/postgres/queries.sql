@@ -68,10 +68,11 @@ VALUES (%(run_id)s, %(seq)s, %(event_type)s, %(name)s, %(attributes)s, %(created
 
 -- name: insert_task
 INSERT INTO perdure.tasks (
-    namespace, run_id, activity_id, activity_type, task_queue, attempt, scheduled_at, visible_at
+    namespace, run_id, activity_id, activity_type, task_queue, label, args, options, attempt,
+    scheduled_at, visible_at
 ) VALUES (
-    %(namespace)s, %(run_id)s, %(activity_id)s, %(activity_type)s, %(task_queue)s, 1,
-    %(scheduled_at)s, %(visible_at)s
+    %(namespace)s, %(run_id)s, %(activity_id)s, %(activity_type)s, %(task_queue)s, %(label)s,
+    %(args)s::jsonb, %(options)s::jsonb, 1, %(scheduled_at)s, %(visible_at)s
 );
 
 -- name: delete_task
@@ -158,6 +159,41 @@ DELETE FROM perdure.workers WHERE worker_id = %(worker_id)s;
 -- name: history_length
 SELECT next_event_seq - 1 AS n FROM perdure.workflows WHERE run_id = %(run_id)s;
 
+-- name: claim_activity_tasks
+-- Activities of a task queue, for any worker polling it; the run's ids come along.
+WITH due AS (
+    SELECT t.run_id, t.activity_id FROM perdure.tasks AS t
+    JOIN perdure.workflows AS w ON w.run_id = t.run_id AND w.status = 'running'
+    WHERE t.namespace = %(namespace)s
+      AND t.task_queue = ANY(%(task_queues)s::text[])
+      AND t.activity_type = ANY(%(activity_types)s::text[])
+      AND t.visible_at <= %(now)s
+      AND (t.owner IS NULL OR t.lease_expires_at < %(now)s)
+    ORDER BY t.visible_at LIMIT %(limit)s
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE perdure.tasks AS t SET owner = %(worker_id)s, lease_expires_at = %(lease_until)s
+FROM due, perdure.workflows AS w
+WHERE t.run_id = due.run_id AND t.activity_id = due.activity_id AND w.run_id = t.run_id
+RETURNING t.*, w.workflow_id, w.workflow_type;
+
+-- name: finish_remote_task
+DELETE FROM perdure.tasks
+WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s AND owner = %(worker_id)s;
+
+-- name: retry_remote_task
+UPDATE perdure.tasks
+SET attempt = %(attempt)s, visible_at = %(visible_at)s,
+    heartbeat_details = %(heartbeat_details)s::jsonb, last_failure = %(last_failure)s::jsonb,
+    owner = NULL, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s AND owner = %(worker_id)s;
+
+-- name: renew_task_leases
+UPDATE perdure.tasks SET lease_expires_at = %(lease_until)s WHERE owner = %(worker_id)s;
+
+-- name: release_tasks
+UPDATE perdure.tasks SET owner = NULL, lease_expires_at = NULL WHERE owner = %(worker_id)s;
+
 -- name: merge_search_attributes
 -- A JSON merge patch of flat attributes: a null value removes the key.
 UPDATE perdure.workflows
@@ -210,13 +246,15 @@ WITH fence AS (
       AND EXISTS (SELECT 1 FROM fence)
 ), added AS (
     INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
-                               attempt, scheduled_at, visible_at)
-    SELECT %(namespace)s, fence.run_id, t.activity_id, t.activity_type, t.task_queue, 1,
-           t.scheduled_at, t.visible_at
+                               label, args, options, attempt, scheduled_at, visible_at)
+    SELECT %(namespace)s, fence.run_id, t.activity_id, t.activity_type, t.task_queue, t.label,
+           t.args::jsonb, t.options::jsonb, 1, t.scheduled_at, t.visible_at
     FROM fence, unnest(%(task_ids)s::integer[], %(task_types)s::text[],
-                       %(task_queues)s::text[], %(task_scheduled)s::timestamptz[],
+                       %(task_queues)s::text[], %(task_labels)s::text[], %(task_args)s::text[],
+                       %(task_options)s::text[], %(task_scheduled)s::timestamptz[],
                        %(task_visible)s::timestamptz[])
-                AS t(activity_id, activity_type, task_queue, scheduled_at, visible_at)
+                AS t(activity_id, activity_type, task_queue, label, args, options, scheduled_at,
+                     visible_at)
 ), consumed AS (
     DELETE FROM perdure.inbox
     WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)

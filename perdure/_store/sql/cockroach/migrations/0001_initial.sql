@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS perdure.tasks (
     activity_id       integer NOT NULL,
     activity_type     text NOT NULL,
     task_queue        text,
+    label             text NOT NULL DEFAULT '',
+    args              jsonb NOT NULL DEFAULT '[]',
+    options           jsonb NOT NULL DEFAULT '{}',  -- retry policy and timeouts
     attempt           integer NOT NULL DEFAULT 1,
     scheduled_at      timestamptz NOT NULL,
     visible_at        timestamptz NOT NULL,
@@ -80,7 +83,8 @@ CREATE TABLE IF NOT EXISTS perdure.inbox (
     namespace   text NOT NULL DEFAULT 'default',
     workflow_id text NOT NULL,
     run_id      text,
-    kind        text NOT NULL CHECK (kind IN ('signal', 'cancel', 'update', 'child_result')),
+    kind        text NOT NULL
+                CHECK (kind IN ('signal', 'cancel', 'update', 'child_result', 'activity_result')),
     name        text,
     payload     jsonb NOT NULL DEFAULT '[]',
     created_at  timestamptz NOT NULL DEFAULT now(),
