@@ -20,18 +20,25 @@ def sqlite_path(url: str) -> str:
     return rest[1:]
 
 
-def sqlite_synchronous(url: str) -> str:
-    """``?synchronous=NORMAL`` trades power-loss durability for speed; FULL is the default."""
+def sqlite_options(url: str) -> dict[str, str]:
+    """Options of a SQLite URL.
+
+    ``?synchronous=NORMAL`` trades power-loss durability for speed (FULL is the
+    default); ``?io=thread`` runs SQLite on its own thread instead of the loop.
+    """
     query = parse_qs(urlparse(url).query)
-    unknown = set(query) - {"synchronous"}
+    unknown = set(query) - {"synchronous", "io"}
     if unknown:
         raise ValueError(f"unknown SQLite URL option(s) {sorted(unknown)} in {url!r}")
-    value = query.get("synchronous", ["FULL"])[-1].upper()
-    if value not in _SYNCHRONOUS:
+    synchronous = query.get("synchronous", ["FULL"])[-1].upper()
+    if synchronous not in _SYNCHRONOUS:
         raise ValueError(
-            f"synchronous must be one of {', '.join(_SYNCHRONOUS)} in {url!r}, got {value!r}"
+            f"synchronous must be one of {', '.join(_SYNCHRONOUS)} in {url!r}, got {synchronous!r}"
         )
-    return value
+    io = query.get("io", ["loop"])[-1].lower()
+    if io not in ("loop", "thread"):
+        raise ValueError(f"io must be 'loop' or 'thread' in {url!r}, got {io!r}")
+    return {"synchronous": synchronous, "io": io}
 
 
 def open_store(url: str) -> Store:
@@ -39,7 +46,7 @@ def open_store(url: str) -> Store:
     if scheme == "sqlite":
         from perdure._store._sqlite import SQLiteStore
 
-        return SQLiteStore(sqlite_path(url), synchronous=sqlite_synchronous(url))
+        return SQLiteStore(sqlite_path(url), **sqlite_options(url))
     if scheme in ("postgresql", "postgres", "cockroachdb"):
         try:
             from perdure._store._cockroach import CockroachStore

@@ -28,7 +28,7 @@ from perdure._store._base import (
     utcnow,
 )
 from perdure._store._queries import load_queries, migration_files
-from perdure._store._sqlite_db import SQLiteThread
+from perdure._store._sqlite_db import SQLiteDB
 from perdure._store._times import fmt, fmt_opt, parse, parse_opt
 
 _Q = load_queries("sqlite")
@@ -121,9 +121,9 @@ def _event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
 class SQLiteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", io: str = "loop") -> None:
         self.path = path
-        self.db = SQLiteThread(path, synchronous=synchronous)
+        self.db = SQLiteDB(path, synchronous=synchronous, io=io)
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
 
