@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -184,7 +185,9 @@ def _marker(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> Non
     )
 
 
-_PLANNERS = {
+Planner = Callable[[Plan, HeldRun, HistoryEvent, datetime], None]
+
+_PLANNERS: dict[str, Planner] = {
     EventType.ACTIVITY_SCHEDULED: _activity,
     EventType.ACTIVITY_CANCELED: _activity_canceled,
     EventType.TIMER_STARTED: _timer,

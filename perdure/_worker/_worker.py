@@ -32,6 +32,7 @@ from perdure._history import EventType, HistoryEvent
 from perdure._registry import ActivityDefinition
 from perdure._store._base import (
     InboxItem,
+    NewRun,
     RemoteTask,
     RunRecord,
     StepCommit,
