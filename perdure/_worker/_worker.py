@@ -56,6 +56,7 @@ class WorkerStats:
     """Counters for tests and metrics: how much work the sticky cache saved."""
 
     runs_adopted: int = 0
+    runs_evicted: int = 0
     events_replayed: int = 0
     steps_committed: int = 0
     activities_started: int = 0
@@ -66,6 +67,10 @@ _ACTIVITY_OUTCOMES = {
     "failed": EventType.ACTIVITY_FAILED,
     "timed_out": EventType.ACTIVITY_TIMED_OUT,
 }
+
+
+def _last_used(run: HeldRun) -> float:
+    return run.last_used
 
 
 class WorkerState(StrEnum):
@@ -258,8 +263,16 @@ class Worker:
     async def _claim(self) -> None:
         capacity = self.max_concurrent_workflows - len(self.runs) - len(self._adopting)
         types = list(self.app._registry.workflows)
-        if capacity <= 0 or not types:
+        if not types:
             return
+        victims: list[HeldRun] = []
+        if capacity <= 0:
+            # Full: runs that only wait (for a signal, a timer) may make room for due
+            # work. Claim first, then evict as many idle runs as we got new ones.
+            victims = sorted((r for r in self.runs.values() if r.idle()), key=_last_used)
+            capacity = min(len(victims), 64)
+            if capacity <= 0:
+                return
         records = await self.store.claim_runs(
             namespace=self.app.namespace,
             worker_id=self.worker_id,
@@ -268,6 +281,10 @@ class Worker:
             limit=min(capacity, 256),
             lease_until=utcnow() + timedelta(seconds=self.lease_duration),
         )
+        for victim in victims[: len(records)]:
+            if victim.idle() and self.runs.get(victim.run_id) is victim:
+                self.stats.runs_evicted += 1
+                await self._release(victim)
         for record in records:
             task = asyncio.create_task(self._adopt(record))
             self._adopting.add(task)

@@ -138,3 +138,25 @@ async def test_worker_state_machine(app: perdure.App) -> None:
     async with worker:
         assert worker.state == "running"
     assert worker.state == "stopped"
+
+
+async def test_a_full_worker_evicts_idle_runs_to_make_room(app: perdure.App) -> None:
+    @app.workflow(name="waiter")
+    async def waiter(ctx: WorkflowContext) -> str:
+        return str(await ctx.wait_for_signal("go"))
+
+    @app.workflow(name="quick")
+    async def quick(ctx: WorkflowContext, i: int) -> int:
+        await ctx.sleep("1ms")
+        return i
+
+    async with app.worker(max_concurrent_workflows=3, poll_interval="50ms") as worker:
+        waiting = [await app.start_workflow(waiter, workflow_id=f"w{i}") for i in range(3)]
+        await asyncio.sleep(0.3)  # all three are held, idle, waiting for "go"
+        # the worker is full of idle runs; new work still gets done
+        results = [await (await app.start_workflow(quick, i)).result(timeout=20) for i in range(3)]
+        assert results == [0, 1, 2]
+        assert worker.stats.runs_evicted >= 1
+        for handle in waiting:
+            await handle.signal("go", "went")
+        assert [await h.result(timeout=20) for h in waiting] == ["went"] * 3
