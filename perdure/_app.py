@@ -384,7 +384,9 @@ class App:
             worker.adopt_new_run(new_run)
         else:
             self._wake_workers()
-        return WorkflowHandle(self, new_run.workflow_id, run_id, result_type=result_type)
+        return WorkflowHandle(
+            self, new_run.workflow_id, run_id, result_type=result_type, pinned=False
+        )
 
     def _local_worker_for(self, run: NewRun) -> Worker | None:
         """A worker of this app that can take the run at once, skipping the claim."""
@@ -482,7 +484,9 @@ class App:
         store = await self._get_store()
         run_id, _ = await store.signal_with_start(new_run, signal, payload)
         self._wake_workers()
-        return WorkflowHandle(self, new_run.workflow_id, run_id, result_type=result_type)
+        return WorkflowHandle(
+            self, new_run.workflow_id, run_id, result_type=result_type, pinned=False
+        )
 
     def get_handle(self, workflow_id: str, *, run_id: str | None = None) -> WorkflowHandle[Any]:
         """A handle on an existing workflow: its latest run, or ``run_id``."""

@@ -79,23 +79,32 @@ class WorkflowHandle(Generic[R]):
     """A handle on a workflow: its latest run, or one run when ``run_id`` is set."""
 
     def __init__(
-        self, app: App, workflow_id: str, run_id: str | None = None, *, result_type: Any = Any
+        self,
+        app: App,
+        workflow_id: str,
+        run_id: str | None = None,
+        *,
+        result_type: Any = Any,
+        pinned: bool = True,
     ) -> None:
         self.app = app
         self.workflow_id = workflow_id
         self.run_id = run_id
         self._result_type = result_type
+        # A handle from start_workflow knows its first run but follows the workflow:
+        # messages and describe() reach the current run after a continue-as-new.
+        self._target = run_id if pinned else None
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _record(self, run_id: str | None = None) -> RunRecord:
         store = await self.app._get_store()
-        rec = await store.get_run(self.app.namespace, self.workflow_id, run_id or self.run_id)
+        rec = await store.get_run(self.app.namespace, self.workflow_id, run_id or self._target)
         if rec is None:
             raise WorkflowNotFoundError(
                 f"no workflow with id {self.workflow_id!r}"
-                + (f" and run id {self.run_id!r}" if self.run_id else "")
+                + (f" and run id {self._target!r}" if self._target else "")
             )
         return rec
 
@@ -142,7 +151,7 @@ class WorkflowHandle(Generic[R]):
         payload = [to_jsonable(a, what=f"argument of signal {name!r}") for a in args]
         store = await self.app._get_store()
         await store.send_inbox(
-            self.app.namespace, self.workflow_id, self.run_id, "signal", name, payload
+            self.app.namespace, self.workflow_id, self._target, "signal", name, payload
         )
         self.app._wake_workers()
 
@@ -181,13 +190,13 @@ class WorkflowHandle(Generic[R]):
             await store.send_inbox(
                 self.app.namespace,
                 self.workflow_id,
-                self.run_id,
+                self._target,
                 "update",
                 name,
                 [{"update_id": update_id, "args": payload}],
             )
         except WorkflowNotFoundError as exc:
-            if await store.get_run(self.app.namespace, self.workflow_id, self.run_id) is None:
+            if await store.get_run(self.app.namespace, self.workflow_id, self._target) is None:
                 raise
             raise UpdateRejectedError(f"update {name!r} rejected: {exc}", cause=exc) from None
         self.app._wake_workers()
@@ -219,7 +228,7 @@ class WorkflowHandle(Generic[R]):
         """End the workflow at once, without running its code (no cleanup runs)."""
         store = await self.app._get_store()
         run_id = await store.terminate_run(
-            self.app.namespace, self.workflow_id, self.run_id, reason
+            self.app.namespace, self.workflow_id, self._target, reason
         )
         self.app._run_closed(run_id)
         self.app._wake_workers()
@@ -228,7 +237,7 @@ class WorkflowHandle(Generic[R]):
         """Ask the workflow to cancel: it sees ``asyncio.CancelledError`` at its current await."""
         store = await self.app._get_store()
         await store.send_inbox(
-            self.app.namespace, self.workflow_id, self.run_id, "cancel", None, [reason]
+            self.app.namespace, self.workflow_id, self._target, "cancel", None, [reason]
         )
         self.app._wake_workers()
 

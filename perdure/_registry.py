@@ -52,13 +52,19 @@ class ActivityOptions:
         )
 
     def merged_over(self, base: ActivityOptions) -> ActivityOptions:
+        """These options where set (0 included), ``base`` where not."""
+
+        def pick(mine: Any, theirs: Any) -> Any:
+            return theirs if mine is None else mine
+
         return ActivityOptions(
-            retry=self.retry or base.retry,
-            start_to_close_timeout=self.start_to_close_timeout or base.start_to_close_timeout,
-            schedule_to_close_timeout=self.schedule_to_close_timeout
-            or base.schedule_to_close_timeout,
-            heartbeat_timeout=self.heartbeat_timeout or base.heartbeat_timeout,
-            task_queue=self.task_queue or base.task_queue,
+            retry=pick(self.retry, base.retry),
+            start_to_close_timeout=pick(self.start_to_close_timeout, base.start_to_close_timeout),
+            schedule_to_close_timeout=pick(
+                self.schedule_to_close_timeout, base.schedule_to_close_timeout
+            ),
+            heartbeat_timeout=pick(self.heartbeat_timeout, base.heartbeat_timeout),
+            task_queue=pick(self.task_queue, base.task_queue),
         )
 
 

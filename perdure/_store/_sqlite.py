@@ -624,11 +624,13 @@ def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     for child in step.children:
         _start_child(conn, step, child)
     for msg in step.messages:
+        # Addressed to the workflow id (its current run, after any continue-as-new);
+        # a workflow that is no longer running simply does not get it.
         if conn.execute(
             _Q["running_run"], {"namespace": msg.namespace, "workflow_id": msg.workflow_id}
         ).fetchone():
             _insert_inbox(
-                conn, msg.namespace, msg.workflow_id, msg.run_id, msg.kind, msg.name, msg.payload
+                conn, msg.namespace, msg.workflow_id, None, msg.kind, msg.name, msg.payload
             )
     for reply_id, outcome in step.replies.items():
         _insert_reply(conn, reply_id, step.run_id, outcome)
@@ -737,6 +739,8 @@ def _after_close(
         _Q["pending_updates"],
         {"namespace": row["namespace"], "workflow_id": row["workflow_id"], "run_id": run_id},
     ).fetchall():
+        if status == "continued_as_new" and update["run_id"] is None:
+            continue  # addressed to the workflow, not this run: the next run takes it
         payload = json.loads(update["payload"])
         update_id = (payload[0] if isinstance(payload, list) else payload).get("update_id")
         conn.execute(_Q["delete_inbox"], {"inbox_id": update["inbox_id"]})

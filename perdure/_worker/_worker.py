@@ -588,12 +588,16 @@ class Worker:
         finished: list[int] = []
         rejected: dict[str, dict[str, Any]] = {}
         for inp in inputs:
+            if run.runner.closed:
+                # The run ended earlier in this step. Its messages stay in the inbox
+                # for the next run (continue-as-new) instead of being lost.
+                if inp.inbox_id is not None:
+                    run.inbox_seen.discard(inp.inbox_id)
+                continue
             if inp.inbox_id is not None:
                 consumed.append(inp.inbox_id)
             if inp.finished_activity is not None:
                 finished.append(inp.finished_activity)
-            if run.runner.closed:
-                continue  # the run already ended in this step; later inputs are moot
             if inp.event_type == EventType.UPDATE_ACCEPTED:
                 try:
                     run.runner.validate_update(str(inp.name), inp.attributes["args"])

@@ -359,6 +359,8 @@ class WorkflowRunner:
                 str(event.name), str(attrs["update_id"]), list(attrs.get("args") or [])
             )
         elif kind == EventType.CANCEL_REQUESTED:
+            if self.cancel_requested:
+                return  # a repeated request must not interrupt the compensation
             self.cancel_requested = True
             self.cancel_reason = attrs.get("reason")
             if self.main_task is not None and not self.main_task.done():

@@ -233,3 +233,52 @@ async def test_search_attributes_and_memo(app: perdure.App) -> None:
     assert acme[0].memo == {"note": "for acme"}
     done = [d async for d in app.list_workflows(search_attributes={"stage": "done"}, limit=2)]
     assert len(done) == 2
+
+
+async def test_no_signal_is_lost_across_continue_as_new(app: perdure.App) -> None:
+    @app.workflow(name="tally")
+    async def tally(ctx: WorkflowContext, total: int) -> int:
+        got: list[int] = []
+        ctx.set_signal_handler("add", got.append)
+        await ctx.wait_condition(lambda: len(got) >= 1)
+        total += sum(got)
+        if total < 20:
+            ctx.continue_as_new(total)
+        return total
+
+    async with app.worker():
+        handle = await app.start_workflow(tally, 0, workflow_id="tally")
+        await asyncio.gather(*(handle.signal("add", 1) for _ in range(20)))
+        assert await handle.result(timeout=30) == 20
+
+
+async def test_a_second_cancel_does_not_interrupt_compensation(app: perdure.App) -> None:
+    steps: list[str] = []
+
+    @app.activity(name="compensate")
+    async def compensate() -> None:
+        steps.append("compensating")
+        await asyncio.sleep(0.3)
+        steps.append("compensated")
+
+    @app.workflow(name="careful")
+    async def careful(ctx: WorkflowContext) -> None:
+        try:
+            await ctx.sleep("1h")
+        except asyncio.CancelledError:
+            await ctx.activity(compensate)
+            raise
+
+    async with app.worker():
+        handle = await app.start_workflow(careful)
+        await asyncio.sleep(0.2)
+        await handle.cancel("first")
+        while "compensating" not in steps:
+            await asyncio.sleep(0.01)
+        await handle.cancel("second")
+        with pytest.raises(WorkflowFailedError):
+            await handle.result(timeout=20)
+    assert steps == ["compensating", "compensated"]
+    types = [e.event_type for e in await handle.history()]
+    assert types.count("cancel_requested") == 2
+    assert types.count("activity_completed") == 1

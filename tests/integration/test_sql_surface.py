@@ -107,3 +107,16 @@ async def test_fresh_schema_equals_all_migrations_applied(tmp_path: Path) -> Non
         assert f"perdure_{table}" in names
     for view in ["running", "failed", "stuck", "slowest_activities", "queue_backlog"]:
         assert f"perdure_{view}" in names
+
+
+async def test_plain_sql_message_to_a_workflow_that_is_not_running_is_refused(
+    sqlite_app: perdure.App,
+) -> None:
+    await sqlite_app.migrate()
+    with pytest.raises(sqlite3.IntegrityError, match="no running workflow"):
+        execute(
+            sqlite_app,
+            "INSERT INTO perdure_inbox (workflow_id, kind) VALUES ('nobody', 'cancel')",
+        )
+    assert query(sqlite_app, "SELECT * FROM perdure_inbox") == []
+    await sqlite_app.close()

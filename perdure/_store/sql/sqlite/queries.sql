@@ -171,7 +171,7 @@ DELETE FROM perdure_replies WHERE reply_id = :reply_id RETURNING outcome;
 SELECT * FROM perdure_workflows WHERE parent_run_id = :run_id AND status = 'running';
 
 -- name: pending_updates
-SELECT inbox_id, payload FROM perdure_inbox
+SELECT inbox_id, run_id, payload FROM perdure_inbox
 WHERE namespace = :namespace AND workflow_id = :workflow_id AND kind = 'update'
   AND (run_id IS NULL OR run_id = :run_id);
 

@@ -90,6 +90,18 @@ CREATE TABLE perdure_inbox (
 );
 CREATE INDEX perdure_inbox_by_workflow ON perdure_inbox (namespace, workflow_id, inbox_id);
 
+-- A message for a workflow that is not running is refused, with a clear error,
+-- rather than left to surprise a later run that reuses the id.
+CREATE TRIGGER perdure_inbox_needs_running_workflow BEFORE INSERT ON perdure_inbox
+WHEN NOT EXISTS (
+    SELECT 1 FROM perdure_workflows
+    WHERE namespace = NEW.namespace AND workflow_id = NEW.workflow_id AND status = 'running'
+      AND (NEW.run_id IS NULL OR run_id = NEW.run_id)
+)
+BEGIN
+    SELECT RAISE(ABORT, 'perdure: no running workflow with this workflow_id (and run_id)');
+END;
+
 -- An inbox row makes its run due at once, whoever inserted it.
 CREATE TRIGGER perdure_inbox_wakes_run AFTER INSERT ON perdure_inbox
 BEGIN

@@ -50,7 +50,8 @@ SELECT * FROM perdure_activity_durations ORDER BY seconds DESC;
 CREATE VIEW perdure_queue_backlog AS
 SELECT namespace, task_queue, 'workflow' AS kind, count(*) AS due
 FROM perdure_workflows
-WHERE status = 'running' AND wake_at <= strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'
+WHERE status = 'running' AND parked_error IS NULL
+  AND wake_at <= strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z'
 GROUP BY namespace, task_queue
 UNION ALL
 SELECT namespace, coalesce(task_queue, '(run''s worker)'), 'activity', count(*)
