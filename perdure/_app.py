@@ -26,7 +26,7 @@ from perdure._registry import (
 )
 from perdure._retry import RetryPolicy
 from perdure._store import open_store
-from perdure._store._base import ListFilter, NewRun, RunRecord, Store, utcnow
+from perdure._store._base import ListFilter, NewRun, RunClose, RunRecord, Store, utcnow
 from perdure._worker._worker import Worker
 from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 
@@ -75,7 +75,7 @@ class App:
         self._store: Store | None = None
         self._store_lock: asyncio.Lock | None = None
         self._workers: set[Worker] = set()
-        self._close_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._close_waiters: dict[str, list[asyncio.Future[RunClose | None]]] = {}
         self._result_poll_interval = 0.2
         self._watched: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -266,18 +266,20 @@ class App:
     async def _wait_reply(self, reply_id: str, timeout: float) -> None:
         await self._wait_closed(reply_id, timeout, watch=False)
 
-    def _run_closed(self, run_id: str) -> None:
+    def _run_closed(self, run_id: str, close: RunClose | None = None) -> None:
         for fut in self._close_waiters.pop(run_id, []):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(close)
 
-    async def _wait_closed(self, run_id: str, timeout: float, *, watch: bool = True) -> None:
+    async def _wait_closed(
+        self, run_id: str, timeout: float, *, watch: bool = True
+    ) -> RunClose | None:
         """Wait until ``run_id`` closes (or ``timeout``).
 
         Closes in this process wake waiters at once; closes elsewhere are found by
         one watcher that asks the database about every awaited run in one query.
         """
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[RunClose | None] = asyncio.get_running_loop().create_future()
         waiters = self._close_waiters.setdefault(run_id, [])
         waiters.append(fut)
         if watch:
@@ -285,9 +287,9 @@ class App:
             if self._watcher is None or self._watcher.done():
                 self._watcher = asyncio.create_task(self._watch_closes())
         try:
-            await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            pass
+            return None
         finally:
             if fut in waiters:
                 waiters.remove(fut)

@@ -127,16 +127,30 @@ class WorkflowHandle(Generic[R]):
                             timeout_type="result",
                         )
                     wait = min(wait, left)
-                await self.app._wait_closed(rec.run_id, wait)
-                run_id = rec.run_id
+                close = await self.app._wait_closed(rec.run_id, wait)
+                if close is None:  # closed elsewhere (or not yet): read the row again
+                    run_id = rec.run_id
+                    continue
+                status, result, error, next_run = (
+                    close.status,
+                    close.result,
+                    close.error,
+                    close.continued_run_id,
+                )
+            else:
+                status, result, error, next_run = (
+                    rec.status,
+                    rec.result,
+                    rec.error,
+                    rec.continued_run_id,
+                )
+            if status == WorkflowStatus.CONTINUED_AS_NEW and next_run:
+                run_id = next_run
                 continue
-            if rec.status == WorkflowStatus.CONTINUED_AS_NEW and rec.continued_run_id:
-                run_id = rec.continued_run_id
-                continue
-            if rec.status == WorkflowStatus.COMPLETED:
-                result: R = from_jsonable(rec.result, self._result_type, what="workflow result")
-                return result
-            raise _failed(rec)
+            if status == WorkflowStatus.COMPLETED:
+                value: R = from_jsonable(result, self._result_type, what="workflow result")
+                return value
+            raise _failed(rec.workflow_id, rec.run_id, status, error)
 
     async def describe(self) -> WorkflowDescription:
         return WorkflowDescription.from_record(await self._record())
@@ -242,17 +256,19 @@ class WorkflowHandle(Generic[R]):
         self.app._wake_workers()
 
 
-def _failed(rec: RunRecord) -> WorkflowFailedError:
-    if rec.error is not None:
-        cause: BaseException = failure_from_dict(rec.error)
-    elif rec.status == WorkflowStatus.CANCELED:
+def _failed(
+    workflow_id: str, run_id: str, status: str, error: dict[str, Any] | None
+) -> WorkflowFailedError:
+    if error is not None:
+        cause: BaseException = failure_from_dict(error)
+    elif status == WorkflowStatus.CANCELED:
         cause = CancelledError("workflow was canceled")
     else:
-        cause = CancelledError(f"workflow ended as {rec.status}")
+        cause = CancelledError(f"workflow ended as {status}")
     return WorkflowFailedError(
-        f"workflow {rec.workflow_id!r} (run {rec.run_id}) {rec.status}: {cause}",
+        f"workflow {workflow_id!r} (run {run_id}) {status}: {cause}",
         cause=cause,
-        workflow_id=rec.workflow_id,
-        run_id=rec.run_id,
-        status=rec.status,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        status=status,
     )

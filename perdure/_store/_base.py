@@ -185,6 +185,7 @@ class RunClose:
     result: Any = None
     error: dict[str, Any] | None = None
     continued_run_id: str | None = None
+    had_children: bool = True  # False lets the store skip looking for children to close
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -313,8 +314,8 @@ class Store(abc.ABC):
     async def load_run_inbox(self, run_id: str) -> list[InboxItem]: ...
 
     @abc.abstractmethod
-    async def owned_inbox(self, worker_id: str) -> list[InboxItem]:
-        """Messages waiting for runs this worker holds."""
+    async def owned_inbox(self, worker_id: str, after_id: int = 0) -> list[InboxItem]:
+        """Messages waiting for runs this worker holds, with ids above ``after_id``."""
 
     @abc.abstractmethod
     async def commit_step(self, step: StepCommit) -> None:

@@ -307,9 +307,9 @@ class SQLiteStore(Store):
 
         return await self.db.read(read)
 
-    async def owned_inbox(self, worker_id: str) -> list[InboxItem]:
+    async def owned_inbox(self, worker_id: str, after_id: int = 0) -> list[InboxItem]:
         def read(conn: sqlite3.Connection) -> list[InboxItem]:
-            rows = conn.execute(_Q["owned_inbox"], {"worker_id": worker_id})
+            rows = conn.execute(_Q["owned_inbox"], {"worker_id": worker_id, "after_id": after_id})
             return [_inbox_from_row(r) for r in rows]
 
         return await self.db.read(read)
@@ -648,7 +648,9 @@ def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
             },
         )
         row = conn.execute(_Q["get_run"], {"run_id": step.run_id}).fetchone()
-        _after_close(conn, row, close.status, close.result, close.error)
+        _after_close(
+            conn, row, close.status, close.result, close.error, had_children=close.had_children
+        )
         if step.continue_as_new is not None:
             _insert_run(conn, step.continue_as_new)
 
@@ -695,7 +697,13 @@ def _insert_reply(
 
 
 def _after_close(
-    conn: sqlite3.Connection, row: sqlite3.Row, status: str, result: Any, error: Any
+    conn: sqlite3.Connection,
+    row: sqlite3.Row,
+    status: str,
+    result: Any,
+    error: Any,
+    *,
+    had_children: bool = True,
 ) -> None:
     """What a run's end means for others: its parent, its children, waiting updates."""
     run_id = row["run_id"]
@@ -720,7 +728,7 @@ def _after_close(
                     }
                 ],
             )
-    if status != "continued_as_new":
+    if status != "continued_as_new" and had_children:
         for child in conn.execute(_Q["running_children"], {"run_id": run_id}).fetchall():
             policy = child["parent_close_policy"] or "terminate"
             if policy == "terminate":

@@ -111,7 +111,10 @@ def _close(plan: Plan, run: HeldRun, event: HistoryEvent, now: datetime) -> None
         message = f"workflow canceled: {reason}" if reason else "workflow canceled"
         error = {"type": "CancelledError", "message": message}
     plan.close = RunClose(
-        status=_CLOSING[event.event_type], result=attrs.get("result"), error=error
+        status=_CLOSING[event.event_type],
+        result=attrs.get("result"),
+        error=error,
+        had_children=run.runner.children_started > 0,
     )
 
 

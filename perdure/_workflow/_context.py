@@ -281,6 +281,7 @@ class WorkflowContext:
         )
         fut: asyncio.Future[Any] = runner.loop.create_future()
         runner.pending_children[child_id] = fut
+        runner.children_started += 1
         return ChildWorkflowHandle(
             self,
             workflow_id=child_workflow_id,

@@ -109,6 +109,7 @@ class WorkflowRunner:
         self.conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self.pending_activities: dict[int, asyncio.Future[Any]] = {}
         self.pending_children: dict[int, asyncio.Future[Any]] = {}
+        self.children_started = 0
         self.update_handlers: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
         self.pending_updates: set[str] = set()
         self.pending_timers: dict[int, tuple[DurableTimerHandle, str | None]] = {}

@@ -130,6 +130,7 @@ FROM perdure_inbox i
 JOIN perdure_workflows w
   ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
 WHERE w.owner = :worker_id AND (i.run_id IS NULL OR i.run_id = w.run_id)
+  AND i.inbox_id > :after_id
 ORDER BY i.inbox_id;
 
 -- name: run_inbox
