@@ -380,11 +380,10 @@ class App:
         store = await self._get_store()
         worker = self._local_worker_for(new_run) if not start_delay else None
         if worker is not None:
-            new_run = worker.lease_new_run(new_run)
-        run_id, created = await store.start_run(new_run)
-        if created and worker is not None:
-            worker.adopt_new_run(new_run)
+            # Our own worker serves it: start and first step in one transaction.
+            run_id, _ = await worker.start_here(worker.lease_new_run(new_run))
         else:
+            run_id, _ = await store.start_run(new_run)
             self._wake_workers()
         return WorkflowHandle(
             self, new_run.workflow_id, run_id, result_type=result_type, pinned=False

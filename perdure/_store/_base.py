@@ -16,6 +16,14 @@ from typing import Any
 from perdure._history import HistoryEvent
 
 
+class RunExists(Exception):  # noqa: N818 - internal control flow
+    """A start-and-first-step found a running run with that id (use_existing)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 class StepRejected(Exception):
     """The run is no longer ours (lease lost, or another writer moved it on)."""
 
@@ -213,6 +221,9 @@ class StepCommit:
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     search_attributes: dict[str, Any] | None = None
     continue_as_new: NewRun | None = None
+    # The run itself, when this is its very first step taken by the starting process's
+    # own worker: inserted in the same transaction (one commit for start + first step).
+    start: NewRun | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -21,6 +21,7 @@ from perdure._store._base import (
     ListFilter,
     NewRun,
     RemoteTask,
+    RunExists,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -580,6 +581,10 @@ def _insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
 
 
 def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
+    if step.start is not None:
+        run_id, created = _insert_run(conn, step.start)
+        if not created:
+            raise RunExists(run_id)
     fenced = conn.execute(
         _Q["fence_step"],
         {

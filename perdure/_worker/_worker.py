@@ -34,6 +34,7 @@ from perdure._store._base import (
     InboxItem,
     NewRun,
     RemoteTask,
+    RunExists,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -309,17 +310,30 @@ class Worker:
             created_at=utcnow(),
         )
 
-    def adopt_new_run(self, run: NewRun) -> None:
-        """Take a run this worker leased at insertion: nothing to load, nothing to replay."""
-        record = run.record()
-        if self.state != WorkerState.RUNNING:
-            asyncio.get_running_loop().create_task(
-                self.store.release_run(record.run_id, self.worker_id, utcnow())
-            )
-            return
-        held = self._hold(record, self._runner_for(record), history_length=0)
+    async def start_here(self, new_run: NewRun) -> tuple[str, bool]:
+        """Start a run leased to this worker and take its first step, in ONE commit.
+
+        Returns (run_id, created); with id_conflict_policy="use_existing" and a run
+        already running, that run's id and False.
+        """
+        record = new_run.record()
+        held = HeldRun(record=record, runner=self._runner_for(record), next_seq=1)
         self._start_input(held)
+        self.runs[record.run_id] = held
+        try:
+            async with held.lock:
+                inputs, held.inputs = held.inputs, []
+                await self._step(held, inputs, start=new_run)
+        except BaseException as exc:
+            if self.runs.get(record.run_id) is held:
+                del self.runs[record.run_id]
+            held.forget()
+            if isinstance(exc, RunExists):
+                return exc.run_id, False
+            raise
+        self.stats.runs_adopted += 1
         self._kick(held)
+        return record.run_id, True
 
     def _runner_for(self, record: RunRecord) -> WorkflowRunner:
         defn = self.app._registry.workflows[record.workflow_type]
@@ -590,7 +604,9 @@ class Worker:
         self._schedule_skip_check()
 
     # -- one step --------------------------------------------------------
-    async def _step(self, run: HeldRun, inputs: list[Input]) -> None:
+    async def _step(
+        self, run: HeldRun, inputs: list[Input], *, start: NewRun | None = None
+    ) -> None:
         now = self.clock.now()
         seq = run.next_seq
         events: list[HistoryEvent] = []
@@ -670,6 +686,7 @@ class Worker:
                 replies=plan.replies,
                 search_attributes=plan.search_attributes or None,
                 continue_as_new=plan.continue_as_new,
+                start=start,
             )
         )
         run.next_seq = seq
