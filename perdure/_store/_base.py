@@ -16,7 +16,7 @@ from typing import Any
 from perdure._history import HistoryEvent
 
 
-class RunExists(Exception):  # noqa: N818 - internal control flow
+class RunExists(Exception):
     """A start-and-first-step found a running run with that id (use_existing)."""
 
     def __init__(self, run_id: str) -> None:
