@@ -1,0 +1,321 @@
+"""The one table (terminal and Markdown), the JSON file and the chart."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.spec import LIMIT_FOR, METRICS, TITLES, WORKLOADS
+
+TIMES = "\u00d7"  # the multiplication sign
+PEERS = ("dbos", "temporal")
+PEER_LABELS = {"dbos": "DBOS", "temporal": "Temporal"}
+
+
+@dataclass
+class Result:
+    system: str  # perdure | dbos | temporal | limit
+    backend: str  # sqlite | postgres | sqlite-normal | dev-server
+    workload: str  # W1..W7 | L
+    status: str = "ok"  # ok | error | timeout | unavailable | skipped
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "system": self.system,
+            "backend": self.backend,
+            "workload": self.workload,
+            "status": self.status,
+            "metrics": self.metrics,
+            "error": self.error,
+        }
+
+
+class Results:
+    def __init__(self, results: list[Result]) -> None:
+        self.results = results
+
+    def get(self, system: str, backend: str, workload: str) -> Result | None:
+        for r in self.results:
+            if r.system == system and r.backend == backend and r.workload == workload:
+                return r
+        return None
+
+    def peer_backend(self, peer: str, backend: str) -> str:
+        # Temporal's dev server has a store of its own; its figures face both backends.
+        return "dev-server" if peer == "temporal" else backend
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if unit == "ms" or unit == "s":
+        text = f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+        return f"{text} {unit}"
+    if unit == "KB":
+        return f"{value:,.1f} KB"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def ratio_text(value: float | None) -> str:
+    if value is None or value <= 0 or math.isnan(value):
+        return "—"
+    return f"{value:.3g}{TIMES}" if value < 100 else f"{value:,.0f}{TIMES}"
+
+
+def _cell(result: Result | None, key: str, unit: str) -> tuple[str, float | None]:
+    if result is None:
+        return "—", None
+    if result.status != "ok":
+        short = {"unavailable": "n/a", "error": "error", "timeout": "timeout"}.get(
+            result.status, result.status
+        )
+        return short, None
+    value = result.metrics.get(key)
+    if value is None:
+        return "—", None
+    return fmt(float(value), unit), float(value)
+
+
+@dataclass
+class Row:
+    workload: str
+    metric: str
+    backend: str
+    perdure: str
+    limit: str
+    peers: dict[str, str]
+    vs_limit: str
+    vs_peers: dict[str, str]
+    target: str
+    values: dict[str, float | None]  # raw numbers for the chart
+
+
+def _target(
+    workload: str,
+    key: str,
+    backend: str,
+    p: float | None,
+    lim: float | None,
+    peer: dict[str, float | None],
+) -> str:
+    def mark(ok: bool) -> str:
+        return "✓" if ok else "✗"
+
+    if p is None:
+        return ""
+    if workload == "W2" and key == "steps_per_s":
+        parts = []
+        if peer.get("dbos"):
+            parts.append(f"≥20{TIMES} DBOS {mark(p / peer['dbos'] >= 20)}")  # type: ignore[operator]
+        if peer.get("temporal"):
+            parts.append(f"≥50{TIMES} Temporal {mark(p / peer['temporal'] >= 50)}")  # type: ignore[operator]
+        return ", ".join(parts)
+    if workload == "W1" and peer.get("dbos"):
+        return f"≥10{TIMES} DBOS {mark(p / peer['dbos'] >= 10)}"  # type: ignore[operator]
+    if workload == "W4" and lim:
+        return f"≥50% of limit {mark(p / lim >= 0.5)}"
+    if workload == "W3" and key == "p50_ms" and lim:
+        return f"≤3{TIMES} commit latency {mark(p <= 3 * lim)}"
+    if workload == "W6" and key == "kb_per_workflow":
+        return f"≤20 KB {mark(p <= 20)}"
+    if workload == "W6" and key == "complete_after_last_signal_s" and backend == "sqlite":
+        return f"≤3 s {mark(p <= 3)}"
+    if workload == "W7":
+        return f"≤1 s {mark(p <= 1)}"
+    return ""
+
+
+def build_rows(
+    results: Results, backends: list[str], peers: list[str], workloads: list[str]
+) -> list[Row]:
+    rows: list[Row] = []
+    for workload in WORKLOADS:
+        if workload not in workloads:
+            continue
+        for metric in METRICS[workload]:
+            for backend in backends:
+                mine = results.get("perdure", backend, workload)
+                p_text, p = _cell(mine, metric.key, metric.unit)
+                limit_key = LIMIT_FOR.get((workload, metric.key))
+                lim_text, lim = "—", None
+                if limit_key is not None:
+                    lim_unit = "ms" if limit_key.endswith("_ms") else metric.unit
+                    lim_text, lim = _cell(results.get("limit", backend, "L"), limit_key, lim_unit)
+                peer_text: dict[str, str] = {}
+                peer_val: dict[str, float | None] = {}
+                vs_peer: dict[str, str] = {}
+                for peer in peers:
+                    if backend == "sqlite-normal":
+                        peer_text[peer], peer_val[peer] = "—", None
+                        vs_peer[peer] = "—"
+                        continue
+                    pr = results.get(peer, results.peer_backend(peer, backend), workload)
+                    peer_text[peer], peer_val[peer] = _cell(pr, metric.key, metric.unit)
+                    comparable = True
+                    if workload == "W6" and pr is not None and mine is not None:
+                        n_peer = pr.metrics.get("workflows")
+                        n_mine = mine.metrics.get("workflows")
+                        if n_peer and n_peer != n_mine:
+                            peer_text[peer] += f" (n={n_peer:,})"
+                            comparable = metric.key == "kb_per_workflow"
+                    if (
+                        peer == "temporal"
+                        and metric.key == "kb_per_workflow"
+                        and pr
+                        and pr.status == "ok"
+                    ):
+                        server = pr.metrics.get("server_kb_per_workflow")
+                        if server is not None:
+                            peer_text[peer] += f" + {server:,.0f} KB server"
+                    vs_peer[peer] = (
+                        ratio_text(p / peer_val[peer])  # type: ignore[operator]
+                        if comparable and p is not None and peer_val[peer]
+                        else "—"
+                    )
+                vs_limit = ratio_text(p / lim) if p is not None and lim else "—"
+                rows.append(
+                    Row(
+                        workload=workload,
+                        metric=metric.label + (" ↑" if metric.higher_is_better else " ↓"),
+                        backend=backend,
+                        perdure=p_text,
+                        limit=lim_text,
+                        peers=peer_text,
+                        vs_limit=vs_limit,
+                        vs_peers=vs_peer,
+                        target=_target(workload, metric.key, backend, p, lim, peer_val),
+                        values={"perdure": p, "limit": lim, **peer_val},
+                    )
+                )
+    return rows
+
+
+LIMIT_ROWS = [
+    ("single_commits_per_s", "single-row commits/s, 1 client", "/s"),
+    ("single_p50_ms", "single-row commit p50, 1 client", "ms"),
+    ("batch_commits_per_s", "100-row commits/s, 1 client", "/s"),
+    ("batch1_rows_per_s", "rows/s in 100-row commits, 1 client", "/s"),
+    ("batch_rows_per_s", "rows/s in 100-row commits, best", "/s"),
+    ("single64_commits_per_s", "single-row commits/s, 64 clients", "/s"),
+    ("batch64_rows_per_s", "rows/s in 100-row commits, 64 clients", "/s"),
+]
+
+
+def limit_rows(results: Results, backends: list[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for key, label, unit in LIMIT_ROWS:
+        for backend in backends:
+            r = results.get("limit", backend, "L")
+            if r is None:
+                continue
+            if r.status == "ok" and key not in r.metrics:
+                continue
+            text, _ = _cell(r, key, unit)
+            out.append((label, backend, text))
+    return out
+
+
+def _headers(peers: list[str]) -> list[str]:
+    return [
+        "W",
+        "metric",
+        "backend",
+        "perdure",
+        "DB limit",
+        *[PEER_LABELS[p] for p in peers],
+        "perdure/limit",
+        *[f"perdure/{PEER_LABELS[p]}" for p in peers],
+        "issue 5 target",
+    ]
+
+
+def _cells(row: Row, peers: list[str]) -> list[str]:
+    return [
+        row.workload,
+        row.metric,
+        row.backend,
+        row.perdure,
+        row.limit,
+        *[row.peers.get(p, "—") for p in peers],
+        row.vs_limit,
+        *[row.vs_peers.get(p, "—") for p in peers],
+        row.target,
+    ]
+
+
+def rich_table(rows: list[Row], limits: list[tuple[str, str, str]], peers: list[str]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="perdure benchmarks (issue 5)", show_lines=False, header_style="bold")
+    for i, h in enumerate(_headers(peers)):
+        table.add_column(h, justify="left" if i < 3 or h == "issue 5 target" else "right")
+    previous = None
+    for row in rows:
+        if previous is not None and row.workload != previous:
+            table.add_section()
+        previous = row.workload
+        table.add_row(*_cells(row, peers))
+    if limits:
+        table.add_section()
+        width = len(_headers(peers))
+        for label, backend, text in limits:
+            table.add_row("DB", label, backend, "", text, *[""] * (width - 5))
+    return table
+
+
+def markdown_table(rows: list[Row], limits: list[tuple[str, str, str]], peers: list[str]) -> str:
+    headers = _headers(peers)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row, peers)) + " |")
+    if limits:
+        lines += ["", "| database limit | backend | value |", "|---|---|---|"]
+        for label, backend, text in limits:
+            lines.append(f"| {label} | {backend} | {text} |")
+    return "\n".join(lines)
+
+
+def workload_legend() -> str:
+    return "\n".join(f"- **{w}**: {TITLES[w]}" for w in WORKLOADS)
+
+
+def chart(rows: list[Row], peers: list[str], backends: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    up = [r for r in rows if r.metric.endswith("↑") and r.backend in backends]
+    down = [r for r in rows if r.metric.endswith("↓") and r.backend in backends]
+    series = ["perdure", *peers, "limit"]
+    colors = {"perdure": "#1f77b4", "dbos": "#ff7f0e", "temporal": "#2ca02c", "limit": "#7f7f7f"}
+    labels = {"perdure": "perdure", "limit": "DB limit", **PEER_LABELS}
+    fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), dpi=80)
+    for ax, group, title in (
+        (axes[0], up, "higher is better (log scale)"),
+        (axes[1], down, "lower is better (log scale)"),
+    ):
+        names = [f"{r.workload} {r.metric[:-2]}\n{r.backend}" for r in group]
+        width = 0.8 / len(series)
+        for j, s in enumerate(series):
+            xs, ys = [], []
+            for i, r in enumerate(group):
+                v = r.values.get(s)
+                if v:
+                    xs.append(i + (j - (len(series) - 1) / 2) * width)
+                    ys.append(v)
+            ax.bar(xs, ys, width=width, label=labels[s], color=colors[s])
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(group)))
+        ax.set_xticklabels(names, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", which="major", alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=len(series))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

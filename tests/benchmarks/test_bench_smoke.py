@@ -1,0 +1,50 @@
+"""The benchmark suite runs end to end at a tiny scale and prints its table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_suite_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    md = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--scale",
+            "0.01",
+            "--no-peers",
+            "--backends",
+            "sqlite",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert "perdure benchmarks" in text
+    for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
+        assert workload in text
+    assert "single-row commits/s" in text
+    assert "error" not in text and "timeout" not in text, text
+    data = json.loads(out.read_text())
+    statuses = {(r["system"], r["workload"]): r["status"] for r in data["results"]}
+    assert statuses[("perdure", "W4")] == "ok"
+    assert statuses[("limit", "L")] == "ok"
+    assert all(s == "ok" for s in statuses.values()), statuses
+    assert "bench:begin" in md.read_text()
