@@ -17,9 +17,10 @@ from typing import Any
 
 from psycopg import errors
 
-from perdure._errors import WorkflowAlreadyStartedError
+from perdure._errors import WorkflowAlreadyStartedError, WorkflowNotFoundError
 from perdure._history import HistoryEvent
 from perdure._store._base import (
+    ActivityProgress,
     ActivityTask,
     InboxItem,
     ListFilter,
@@ -49,6 +50,7 @@ from perdure._store._postgres_tx import (
     inbox_from_row,
     is_plain,
     plain_step_params,
+    progress_params,
     remote_task_from_row,
     run_from_row,
     task_from_row,
@@ -202,6 +204,10 @@ class PostgresStore(Store):
         row = await self._one(self.q["get_run"], {"run_id": run_id})
         return None if row is None else run_from_row(row)
 
+    async def closed_runs(self, run_ids: list[str]) -> set[str]:
+        rows = await self._all(self.q["closed_runs"], {"run_ids": run_ids})
+        return {r["run_id"] for r in rows}
+
     async def list_runs(self, flt: ListFilter) -> list[RunRecord]:
         clauses = ["namespace = %s"]
         params: list[Any] = [flt.namespace]
@@ -245,7 +251,13 @@ class PostgresStore(Store):
             await self.tx.insert_inbox(conn, namespace, workflow_id, run_id, kind, name, payload)
             return str(row["run_id"])
 
-        return await self.db.transaction(tx)
+        try:
+            return await self.db.transaction(tx)
+        except errors.NoDataFound:  # the run closed between the check and the insert
+            raise WorkflowNotFoundError(
+                f"no running workflow with id {workflow_id!r}"
+                + (f" and run id {run_id!r}" if run_id else "")
+            ) from None
 
     # -- worker side -----------------------------------------------------
     async def claim_runs(
@@ -277,13 +289,14 @@ class PostgresStore(Store):
         rows = await self._all(self.q["run_inbox"], {"run_id": run_id})
         return [inbox_from_row(r) for r in rows]
 
-    async def owned_inbox(self, worker_id: str) -> list[InboxItem]:
-        rows = await self._all(self.q["owned_inbox"], {"worker_id": worker_id})
+    async def owned_inbox(self, worker_id: str, after_id: int = 0) -> list[InboxItem]:
+        params = {"worker_id": worker_id, "after_id": after_id}
+        rows = await self._all(self.q["owned_inbox"], params)
         return [inbox_from_row(r) for r in rows]
 
     async def commit_step(self, step: StepCommit) -> None:
         if not is_plain(step):
-            await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))
+            await self._commit_in_transaction(step)
             return
         # Most steps touch only their own run's rows: one statement, grouped with others.
         params = plain_step_params(step)
@@ -297,24 +310,30 @@ class PostgresStore(Store):
         if fenced != 1:
             raise StepRejected(step.run_id)
 
+    async def _commit_in_transaction(self, step: StepCommit) -> None:
+        # A step that also starts its run can meet a concurrent start of the same id: the
+        # unique index stops one, and running it again applies the id policies.
+        for attempt in range(3):
+            try:
+                await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))
+                return
+            except errors.UniqueViolation:
+                if step.start is None or attempt == 2:
+                    raise
+
     async def retry_activity(
         self,
         *,
         run_id: str,
-        activity_id: int,
         worker_id: str,
-        attempt: int,
+        activity: ActivityProgress,
         visible_at: datetime,
-        heartbeat_details: list[Any],
         last_failure: dict[str, Any],
     ) -> None:
         params = {
-            "run_id": run_id,
-            "activity_id": activity_id,
+            **progress_params(run_id, activity),
             "worker_id": worker_id,
-            "attempt": attempt,
             "visible_at": visible_at,
-            "heartbeat_details": dumps(heartbeat_details),
             "last_failure": dumps(last_failure),
         }
         if await self._write(self.q["retry_task"], params) != 1:
@@ -386,13 +405,8 @@ class PostgresStore(Store):
     async def release_tasks(self, worker_id: str) -> None:
         await self._write(self.q["release_tasks"], {"worker_id": worker_id})
 
-    async def save_heartbeat(self, run_id: str, activity_id: int, details: list[Any]) -> None:
-        params = {
-            "run_id": run_id,
-            "activity_id": activity_id,
-            "heartbeat_details": dumps(details),
-        }
-        await self._write(self.q["save_heartbeat"], params)
+    async def save_heartbeat(self, run_id: str, activity: ActivityProgress) -> None:
+        await self._write(self.q["save_heartbeat"], progress_params(run_id, activity))
 
     async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
         params = {"worker_id": worker_id, "lease_until": lease_until}

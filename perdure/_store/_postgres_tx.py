@@ -18,10 +18,12 @@ from perdure._errors import (
 )
 from perdure._history import EventType, HistoryEvent
 from perdure._store._base import (
+    ActivityProgress,
     ActivityTask,
     InboxItem,
     NewRun,
     RemoteTask,
+    RunExists,
     RunRecord,
     StepCommit,
     StepRejected,
@@ -122,6 +124,18 @@ def remote_task_from_row(row: Row) -> RemoteTask:
     )
 
 
+def progress_params(run_id: str, activity: ActivityProgress) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "activity_id": activity.activity_id,
+        "activity_type": activity.activity_type,
+        "label": activity.label,
+        "attempt": activity.attempt,
+        "scheduled_at": activity.scheduled_at,
+        "heartbeat_details": dumps(activity.heartbeat_details),
+    }
+
+
 def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -136,7 +150,8 @@ def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
 def is_plain(step: StepCommit) -> bool:
     """A step that touches only its own run's rows: the one-statement fast path takes it."""
     return not (
-        step.close
+        step.start
+        or step.close
         or step.children
         or step.messages
         or step.replies
@@ -269,13 +284,19 @@ class Statements:
                 "search_attributes": dumps(run.search_attributes),
                 "memo": dumps(run.memo),
                 "wake_at": run.wake_at,
-                "created_at": utcnow(),
+                "owner": run.owner,  # set when the starting process's worker takes it at once
+                "lease_until": run.lease_until,
+                "created_at": run.created_at or utcnow(),
             },
         )
         return run.run_id, True
 
     async def commit_step(self, conn: Conn, step: StepCommit) -> None:
         """Any step, as several statements; raises ``StepRejected`` if the fence fails."""
+        if step.start is not None:  # the run's own start, in the same transaction
+            run_id, created = await self.insert_run(conn, step.start)
+            if not created:
+                raise RunExists(run_id)
         fenced = await conn.execute(
             self.q["fence_step"],
             {
@@ -295,13 +316,15 @@ class Statements:
         for child in step.children:
             await self.start_child(conn, step, child)
         for msg in step.messages:
+            # Addressed to the workflow id (its current run, after any continue-as-new);
+            # a workflow that is no longer running simply does not get it.
             key = {"namespace": msg.namespace, "workflow_id": msg.workflow_id}
             if await self.one(conn, "running_run", key):
                 await self.insert_inbox(
                     conn,
                     msg.namespace,
                     msg.workflow_id,
-                    msg.run_id,
+                    None,
                     msg.kind,
                     msg.name,
                     msg.payload,
@@ -323,7 +346,9 @@ class Statements:
             )
             row = await self.one(conn, "get_run", {"run_id": step.run_id})
             assert row is not None
-            await self.after_close(conn, row, close.status, close.result, close.error)
+            await self.after_close(
+                conn, row, close.status, close.result, close.error, had_children=close.had_children
+            )
             if step.continue_as_new is not None:
                 await self.insert_run(conn, step.continue_as_new)
 
@@ -412,7 +437,16 @@ class Statements:
             },
         )
 
-    async def after_close(self, conn: Conn, row: Row, status: str, result: Any, error: Any) -> None:
+    async def after_close(
+        self,
+        conn: Conn,
+        row: Row,
+        status: str,
+        result: Any,
+        error: Any,
+        *,
+        had_children: bool = True,
+    ) -> None:
         """What a run's end means for others: its parent, its children, waiting updates."""
         run_id = row["run_id"]
         if status != "continued_as_new" and row["parent_run_id"] is not None:
@@ -436,10 +470,12 @@ class Statements:
                         }
                     ],
                 )
-        if status != "continued_as_new":
+        if status != "continued_as_new" and had_children:
             await self._close_children(conn, row, status)
         key = {"namespace": row["namespace"], "workflow_id": row["workflow_id"], "run_id": run_id}
         for update in await self.all(conn, "pending_updates", key):
+            if status == "continued_as_new" and update["run_id"] is None:
+                continue  # addressed to the workflow, not this run: the next run takes it
             payload = _json(update["payload"])
             first = payload[0] if isinstance(payload, list) and payload else payload
             update_id = first.get("update_id") if isinstance(first, dict) else None

@@ -410,3 +410,18 @@ async def test_operator_views(app: perdure.App, database_url: str) -> None:
         assert await rows("SELECT * FROM perdure.stuck") == []
         backlog = await rows("SELECT kind, due FROM perdure.queue_backlog")
         assert all(due >= 0 for _, due in backlog)
+
+
+@postgres_only
+async def test_a_message_for_no_running_workflow_is_refused(database_url: str) -> None:
+    store = await opened(database_url)
+    try:
+        with pytest.raises(perdure.WorkflowNotFoundError):
+            await store.send_inbox("default", "nobody", None, "signal", "s", [])
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            with pytest.raises(psycopg.errors.NoDataFound, match="no running workflow"):
+                await conn.execute(
+                    "INSERT INTO perdure.inbox (workflow_id, kind) VALUES ('nobody', 'cancel')"
+                )
+    finally:
+        await store.close()

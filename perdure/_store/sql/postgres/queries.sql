@@ -6,11 +6,12 @@
 INSERT INTO perdure.workflows (
     run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
     parent_workflow_id, parent_run_id, parent_close_policy, child_id,
-    search_attributes, memo, wake_at, created_at
+    search_attributes, memo, wake_at, owner, lease_expires_at, created_at
 ) VALUES (
     %(run_id)s, %(namespace)s, %(workflow_id)s, %(workflow_type)s, %(task_queue)s, 'running',
     %(input)s::jsonb, %(parent_workflow_id)s, %(parent_run_id)s, %(parent_close_policy)s,
-    %(child_id)s, %(search_attributes)s::jsonb, %(memo)s::jsonb, %(wake_at)s, %(created_at)s
+    %(child_id)s, %(search_attributes)s::jsonb, %(memo)s::jsonb, %(wake_at)s, %(owner)s,
+    %(lease_until)s, %(created_at)s
 );
 
 -- name: latest_run
@@ -85,17 +86,31 @@ DELETE FROM perdure.tasks WHERE run_id = %(run_id)s;
 DELETE FROM perdure.inbox WHERE inbox_id = %(inbox_id)s;
 
 -- name: retry_task
-UPDATE perdure.tasks
-SET attempt = %(attempt)s, visible_at = %(visible_at)s,
-    heartbeat_details = %(heartbeat_details)s::jsonb, last_failure = %(last_failure)s::jsonb
-WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s
-  AND EXISTS (SELECT 1 FROM perdure.workflows w
-              WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
-                AND w.status = 'running');
+-- Local activities get a row only once an attempt fails: the row holds the retry state.
+INSERT INTO perdure.tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, label, attempt, scheduled_at,
+    visible_at, heartbeat_details, last_failure
+)
+SELECT w.namespace, w.run_id, %(activity_id)s, %(activity_type)s, NULL, %(label)s,
+       %(attempt)s, %(scheduled_at)s, %(visible_at)s, %(heartbeat_details)s::jsonb,
+       %(last_failure)s::jsonb
+FROM perdure.workflows w
+WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s AND w.status = 'running'
+ON CONFLICT (run_id, activity_id) DO UPDATE
+SET attempt = excluded.attempt, visible_at = excluded.visible_at,
+    heartbeat_details = excluded.heartbeat_details, last_failure = excluded.last_failure;
 
 -- name: save_heartbeat
-UPDATE perdure.tasks SET heartbeat_details = %(heartbeat_details)s::jsonb
-WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s;
+INSERT INTO perdure.tasks (
+    namespace, run_id, activity_id, activity_type, task_queue, label, attempt, scheduled_at,
+    visible_at, heartbeat_details
+)
+SELECT w.namespace, w.run_id, %(activity_id)s, %(activity_type)s, NULL, %(label)s,
+       %(attempt)s, %(scheduled_at)s, %(scheduled_at)s, %(heartbeat_details)s::jsonb
+FROM perdure.workflows w
+WHERE w.run_id = %(run_id)s AND w.status = 'running'
+ON CONFLICT (run_id, activity_id) DO UPDATE
+SET heartbeat_details = excluded.heartbeat_details;
 
 -- name: renew_leases
 UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
@@ -131,6 +146,7 @@ FROM perdure.inbox i
 JOIN perdure.workflows w
   ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
 WHERE w.owner = %(worker_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
+  AND i.inbox_id > %(after_id)s
 ORDER BY i.inbox_id;
 
 -- name: run_inbox
@@ -158,6 +174,10 @@ DELETE FROM perdure.workers WHERE worker_id = %(worker_id)s;
 
 -- name: history_length
 SELECT next_event_seq - 1 AS n FROM perdure.workflows WHERE run_id = %(run_id)s;
+
+-- name: closed_runs
+SELECT run_id FROM perdure.workflows
+WHERE run_id = ANY(%(run_ids)s::text[]) AND status != 'running';
 
 -- name: claim_activity_tasks
 -- Activities of a task queue, for any worker polling it; the run's ids come along.
@@ -213,7 +233,7 @@ DELETE FROM perdure.replies WHERE reply_id = %(reply_id)s RETURNING outcome;
 SELECT * FROM perdure.workflows WHERE parent_run_id = %(run_id)s AND status = 'running';
 
 -- name: pending_updates
-SELECT inbox_id, payload FROM perdure.inbox
+SELECT inbox_id, run_id, payload FROM perdure.inbox
 WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND kind = 'update'
   AND (run_id IS NULL OR run_id = %(run_id)s);
 

@@ -118,6 +118,25 @@ CREATE TRIGGER tasks_notify_due
     WHEN (NEW.task_queue IS NOT NULL AND NEW.owner IS NULL AND NEW.visible_at <= now())
     EXECUTE FUNCTION perdure.notify_due();
 
+-- A message for a workflow that is not running is refused, with a clear error
+-- (SQLSTATE P0002), rather than left to surprise a later run that reuses the id.
+CREATE FUNCTION perdure.inbox_needs_running_workflow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM perdure.workflows
+        WHERE namespace = NEW.namespace AND workflow_id = NEW.workflow_id
+          AND status = 'running' AND (NEW.run_id IS NULL OR run_id = NEW.run_id)
+    ) THEN
+        RAISE EXCEPTION 'perdure: no running workflow with this workflow_id (and run_id)'
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER inbox_needs_running_workflow
+    BEFORE INSERT ON perdure.inbox
+    FOR EACH ROW EXECUTE FUNCTION perdure.inbox_needs_running_workflow();
+
 -- An inbox row makes its run due at once, whoever inserted it; the notification also
 -- reaches the worker that holds the run, which then reads its inbox.
 CREATE FUNCTION perdure.inbox_wakes_run() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -46,7 +46,7 @@ SELECT * FROM perdure.activity_durations ORDER BY seconds DESC;
 CREATE VIEW perdure.queue_backlog AS
 SELECT namespace, task_queue, 'workflow' AS kind, count(*) AS due
 FROM perdure.workflows
-WHERE status = 'running' AND wake_at <= now()
+WHERE status = 'running' AND parked_error IS NULL AND wake_at <= now()
 GROUP BY namespace, task_queue
 UNION ALL
 SELECT namespace, coalesce(task_queue, '(run''s worker)'), 'activity', count(*)
