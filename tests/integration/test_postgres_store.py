@@ -425,3 +425,34 @@ async def test_a_message_for_no_running_workflow_is_refused(database_url: str) -
                 )
     finally:
         await store.close()
+
+
+@postgres_only
+@pytest.mark.xfail(
+    reason="the worker does not subscribe yet: Worker.start() should "
+    "`await self.store.listen(self.wake)`, Worker.stop() `await self.store.unlisten(self.wake)`",
+    raises=perdure.TimeoutError,
+    strict=False,
+)
+async def test_another_process_start_and_signal_wake_the_worker_at_once(
+    database_url: str,
+) -> None:
+    # Two App objects stand for two processes: no in-process shortcut, and a poll
+    # interval far longer than the test may take.
+    worker_app, client = perdure.App(database_url), perdure.App(database_url)
+    for a in (worker_app, client):
+
+        @a.workflow(name="wait")
+        async def wait(ctx: WorkflowContext) -> Any:
+            return await ctx.wait_for_signal("go")
+
+    try:
+        async with worker_app.worker(poll_interval="60s"):
+            await asyncio.sleep(0.2)
+            handle = await client.start_workflow("wait", workflow_id="pushed")
+            await asyncio.sleep(0.3)
+            await handle.signal("go", 42)
+            assert await handle.result(timeout=5) == 42
+    finally:
+        await worker_app.close()
+        await client.close()
