@@ -290,8 +290,22 @@ def chart(rows: list[Row], peers: list[str], backends: list[str], path: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    up = [r for r in rows if r.metric.endswith("↑") and r.backend in backends]
-    down = [r for r in rows if r.metric.endswith("↓") and r.backend in backends]
+    shown = {
+        ("W1", "workflows/s"): "",
+        ("W2", "steps/s"): "",
+        ("W4", "steps/s"): "",
+        ("W5", "children/s"): "",
+        ("W3", "p50 latency"): "ms",
+        ("W6", "memory per waiting wf"): "KB",
+        ("W6", "all done after last signal"): "s",
+        ("W7", "time to next step"): "s",
+    }
+
+    def picked(r: Row) -> bool:
+        return (r.workload, r.metric[:-2]) in shown and r.backend in backends
+
+    up = [r for r in rows if r.metric.endswith("↑") and picked(r)]
+    down = [r for r in rows if r.metric.endswith("↓") and picked(r)]
     series = ["perdure", *peers, "limit"]
     colors = {"perdure": "#1f77b4", "dbos": "#ff7f0e", "temporal": "#2ca02c", "limit": "#7f7f7f"}
     labels = {"perdure": "perdure", "limit": "DB limit", **PEER_LABELS}
@@ -300,7 +314,10 @@ def chart(rows: list[Row], peers: list[str], backends: list[str], path: str) -> 
         (axes[0], up, "higher is better (log scale)"),
         (axes[1], down, "lower is better (log scale)"),
     ):
-        names = [f"{r.workload} {r.metric[:-2]}\n{r.backend}" for r in group]
+        names = []
+        for r in group:
+            unit = shown[(r.workload, r.metric[:-2])]
+            names.append(f"{r.workload} {r.metric[:-2]}{f' ({unit})' if unit else ''}\n{r.backend}")
         width = 0.8 / len(series)
         for j, s in enumerate(series):
             xs, ys = [], []
