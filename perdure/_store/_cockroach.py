@@ -75,7 +75,8 @@ class CockroachStore(PostgresStore):
             if self._migrated:
                 return
             await self._check_server()
-            await self._ddl(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            if not await self.db.read(self._schema_exists):
+                await self._ddl(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             await self._ddl(
                 "CREATE TABLE IF NOT EXISTS perdure.schema_version (version integer PRIMARY KEY,"
                 " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"

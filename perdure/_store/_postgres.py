@@ -110,7 +110,8 @@ class PostgresStore(Store):
         # the others then find the migrations applied.
         key = zlib.crc32(f"perdure.migrate.{self.schema}".encode())
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}".encode())
+        if not await self._schema_exists(conn):  # a user may have a schema, not CREATE
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}".encode())
         await conn.execute(
             self._sql(
                 "CREATE TABLE IF NOT EXISTS perdure.schema_version (version integer PRIMARY KEY,"
@@ -126,6 +127,12 @@ class PostgresStore(Store):
                     self._sql("INSERT INTO perdure.schema_version (version, name) VALUES (%s, %s)"),
                     (version, name),
                 )
+
+    async def _schema_exists(self, conn: Conn) -> bool:
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,)
+        )
+        return await cur.fetchone() is not None
 
     async def close(self) -> None:
         if self._listener is not None:

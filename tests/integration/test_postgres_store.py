@@ -456,3 +456,24 @@ async def test_another_process_start_and_signal_wake_the_worker_at_once(
     finally:
         await worker_app.close()
         await client.close()
+
+
+async def test_a_user_without_create_migrates_into_a_schema_made_for_it(
+    postgres: Databases,
+) -> None:
+    name = postgres.create()
+    role = f"{name}_app"
+    async with await psycopg.AsyncConnection.connect(
+        postgres.url_for(name), autocommit=True
+    ) as admin:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"REVOKE CREATE ON DATABASE {name} FROM PUBLIC")
+        await admin.execute(f"CREATE SCHEMA jobs AUTHORIZATION {role}")
+    url = postgres.url_for(name).replace("//postgres@", f"//{role}@", 1)
+    store = await opened(f"{url}?schema=jobs")
+    try:
+        run_id, _ = await store.start_run(new_run("limited"))
+        record = await store.get_run("default", "limited")
+        assert record is not None and record.run_id == run_id
+    finally:
+        await store.close()
