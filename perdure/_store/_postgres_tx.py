@@ -307,6 +307,7 @@ class Statements:
                 "wake_at": step.wake_at,
                 "lease_until": step.lease_until,
                 "release": step.release,
+                "consumed_inbox": list(step.consumed_inbox),
             },
         )
         if fenced.rowcount != 1:

@@ -595,6 +595,7 @@ def _commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
             "wake_at": fmt_opt(step.wake_at),
             "lease_until": fmt_opt(step.lease_until),
             "release": step.release,
+            "consumed": _dumps(step.consumed_inbox),
         },
     )
     if fenced.rowcount != 1:

@@ -159,6 +159,7 @@ class Worker:
         if types:
             await self.store.unpark_runs(self.app.namespace, types)
         self.app._workers.add(self)
+        await self.store.listen(self.wake)  # pushed wake-ups (PostgreSQL NOTIFY); no-op elsewhere
         self.state = WorkerState.RUNNING
         self._loops = [
             asyncio.create_task(self._poll_loop(), name="perdure-poll"),
@@ -171,6 +172,7 @@ class Worker:
             return
         self.state = WorkerState.DRAINING
         self.app._workers.discard(self)
+        await self.store.unlisten(self.wake)
         poll = self._loops[0]
         poll.cancel()
         await asyncio.gather(poll, *self._adopting, return_exceptions=True)

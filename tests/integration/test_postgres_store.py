@@ -428,12 +428,6 @@ async def test_a_message_for_no_running_workflow_is_refused(database_url: str) -
 
 
 @postgres_only
-@pytest.mark.xfail(
-    reason="the worker does not subscribe yet: Worker.start() should "
-    "`await self.store.listen(self.wake)`, Worker.stop() `await self.store.unlisten(self.wake)`",
-    raises=perdure.TimeoutError,
-    strict=False,
-)
 async def test_another_process_start_and_signal_wake_the_worker_at_once(
     database_url: str,
 ) -> None:

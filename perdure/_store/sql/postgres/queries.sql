@@ -49,8 +49,17 @@ WHERE run_id = %(run_id)s ORDER BY seq;
 SELECT * FROM perdure.tasks WHERE run_id = %(run_id)s ORDER BY activity_id;
 
 -- name: fence_step
-UPDATE perdure.workflows
-SET next_event_seq = %(next_event_seq)s, wake_at = %(wake_at)s::timestamptz,
+-- A message that arrived after the worker last read its inbox keeps the run due.
+UPDATE perdure.workflows AS w
+SET next_event_seq = %(next_event_seq)s,
+    wake_at = CASE
+        WHEN EXISTS (SELECT 1 FROM perdure.inbox i
+                     WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
+                       AND (i.run_id IS NULL OR i.run_id = w.run_id)
+                       AND i.inbox_id <> ALL(%(consumed_inbox)s::bigint[]))
+        THEN '1970-01-01 00:00:00+00'::timestamptz
+        ELSE %(wake_at)s::timestamptz
+    END,
     lease_expires_at = %(lease_until)s::timestamptz,
     owner = CASE WHEN %(release)s THEN NULL ELSE owner END
 WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
@@ -247,13 +256,21 @@ WHERE run_id = %(run_id)s RETURNING next_event_seq - 1 AS seq;
 -- applies only if the fence matched; the statement returns how many rows it fenced (1, or
 -- 0 when the run is no longer ours).
 WITH fence AS (
-    UPDATE perdure.workflows
-    SET next_event_seq = %(next_event_seq)s, wake_at = %(wake_at)s::timestamptz,
+    UPDATE perdure.workflows AS w
+    SET next_event_seq = %(next_event_seq)s,
+        wake_at = CASE
+            WHEN EXISTS (SELECT 1 FROM perdure.inbox i
+                         WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
+                           AND (i.run_id IS NULL OR i.run_id = w.run_id)
+                           AND i.inbox_id <> ALL(%(consumed_inbox)s::bigint[]))
+            THEN '1970-01-01 00:00:00+00'::timestamptz
+            ELSE %(wake_at)s::timestamptz
+        END,
         lease_expires_at = %(lease_until)s::timestamptz,
         owner = CASE WHEN %(release)s THEN NULL ELSE owner END
-    WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
-      AND status = 'running'
-    RETURNING run_id
+    WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
+      AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
+    RETURNING w.run_id
 ), appended AS (
     INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
     SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes::json, e.created_at

@@ -45,8 +45,20 @@ WHERE run_id = :run_id ORDER BY seq;
 SELECT * FROM perdure_tasks WHERE run_id = :run_id ORDER BY activity_id;
 
 -- name: fence_step
+-- A message that arrived after the worker last read its inbox keeps the run due, so
+-- that it is not left waiting for a timer if this worker then goes away.
 UPDATE perdure_workflows
-SET next_event_seq = :next_event_seq, wake_at = :wake_at, lease_expires_at = :lease_until,
+SET next_event_seq = :next_event_seq,
+    wake_at = CASE
+        WHEN EXISTS (SELECT 1 FROM perdure_inbox i
+                     WHERE i.namespace = perdure_workflows.namespace
+                       AND i.workflow_id = perdure_workflows.workflow_id
+                       AND (i.run_id IS NULL OR i.run_id = perdure_workflows.run_id)
+                       AND i.inbox_id NOT IN (SELECT value FROM json_each(:consumed)))
+        THEN '1970-01-01T00:00:00.000000Z'
+        ELSE :wake_at
+    END,
+    lease_expires_at = :lease_until,
     owner = CASE WHEN :release THEN NULL ELSE owner END
 WHERE run_id = :run_id AND owner = :worker_id AND next_event_seq = :expected_seq
   AND status = 'running';
@@ -111,7 +123,17 @@ WHERE owner = :worker_id AND status = 'running'
 RETURNING run_id;
 
 -- name: release_run
-UPDATE perdure_workflows SET owner = NULL, lease_expires_at = NULL, wake_at = :wake_at
+-- A message that arrived after the worker last read its inbox keeps the run due.
+UPDATE perdure_workflows
+SET owner = NULL, lease_expires_at = NULL,
+    wake_at = CASE
+        WHEN EXISTS (SELECT 1 FROM perdure_inbox i
+                     WHERE i.namespace = perdure_workflows.namespace
+                       AND i.workflow_id = perdure_workflows.workflow_id
+                       AND (i.run_id IS NULL OR i.run_id = perdure_workflows.run_id))
+        THEN '1970-01-01T00:00:00.000000Z'
+        ELSE :wake_at
+    END
 WHERE run_id = :run_id AND owner = :worker_id;
 
 -- name: park_run
