@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -116,6 +117,8 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._adopting: set[asyncio.Task[None]] = set()
         self._remote: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._hand_backs: dict[str, tuple[datetime | None, str]] = {}
         self.clock = app._clock
         self.stats = WorkerStats()
         self._skip_check_pending = False
@@ -235,6 +238,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease_duration / 3)
             try:
+                await self._retry_hand_backs()
                 held = await self.store.renew_leases(
                     self.worker_id, utcnow() + timedelta(seconds=self.lease_duration)
                 )
@@ -254,6 +258,37 @@ class Worker:
                 raise
             except Exception:
                 log.exception("worker %s: lease renewal failed", self.worker_id)
+
+    async def _hand_back(self, run_id: str, wake_at: datetime | None, park: str = "") -> None:
+        """Give a run we dropped back to the database: park it, or make it claimable.
+
+        If the database is away, keep trying from the lease loop: until then our
+        lease renewals would otherwise keep a run nobody here works on.
+        """
+        try:
+            if park:
+                await self.store.park_run(run_id, self.worker_id, park)
+            else:
+                await self.store.release_run(run_id, self.worker_id, wake_at)
+        except Exception:
+            log.warning("could not hand back run %s yet; will retry", run_id, exc_info=True)
+            self._hand_backs[run_id] = (wake_at, park)
+        else:
+            self._hand_backs.pop(run_id, None)
+
+    async def _retry_hand_backs(self) -> None:
+        for run_id, (wake_at, park) in list(self._hand_backs.items()):
+            await self._hand_back(run_id, wake_at, park)
+        if self._hand_backs:
+            raise RuntimeError(f"{len(self._hand_backs)} run(s) still to hand back")
+
+    def _drop(self, run: HeldRun, why: str) -> None:
+        """Forget a run after an unexpected failure and hand it back for a clean replay."""
+        log.error("dropping run %s: %s", run.run_id, why)
+        self._forget(run)
+        task = asyncio.get_running_loop().create_task(self._hand_back(run.run_id, utcnow()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _flush_heartbeats(self) -> None:
         for run in list(self.runs.values()):
@@ -390,12 +425,12 @@ class Worker:
         except NonDeterminismError as exc:
             log.error("%s", exc)
             runner.evict()
-            await self.store.park_run(record.run_id, self.worker_id, str(exc))
+            await self._hand_back(record.run_id, None, park=str(exc))
             return
         except Exception:
             log.exception("could not resume run %s; handing it back", record.run_id)
             runner.evict()
-            await self.store.release_run(record.run_id, self.worker_id, utcnow())
+            await self._hand_back(record.run_id, utcnow())
             return
         run = self._hold(record, runner, len(history))
         if not history:
@@ -477,20 +512,27 @@ class Worker:
             "attempt": act.attempt,
         }
         if outcome.ok:
-            await self.store.finish_remote_task(
-                task, self.worker_id, {**base, "status": "completed", "result": outcome.value}
+            await self._persist(
+                self.store.finish_remote_task,
+                task,
+                self.worker_id,
+                {**base, "status": "completed", "result": outcome.value},
             )
             return
         assert outcome.error is not None
         verdict = judge_failure(act, outcome.error, self.clock.now())
         if verdict.final:
             status = "timed_out" if verdict.timed_out else "failed"
-            await self.store.finish_remote_task(
-                task, self.worker_id, {**base, "status": status, "error": verdict.failure}
+            await self._persist(
+                self.store.finish_remote_task,
+                task,
+                self.worker_id,
+                {**base, "status": status, "error": verdict.failure},
             )
             return
         assert verdict.retry_at is not None
-        await self.store.retry_remote_task(
+        await self._persist(
+            self.store.retry_remote_task,
             task,
             self.worker_id,
             attempt=act.attempt + 1,
@@ -498,6 +540,20 @@ class Worker:
             heartbeat_details=act.heartbeat_details,
             last_failure=verdict.failure,
         )
+
+    async def _persist(self, write: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
+        """Record an activity's outcome, retrying while the database is away."""
+        delay = 0.1
+        while True:
+            try:
+                await write(*args, **kw)
+                return
+            except Exception:
+                if self.state == WorkerState.STOPPED:
+                    raise
+                log.warning("could not record an activity outcome yet; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- inputs ----------------------------------------------------------
     async def _pull_inbox(self) -> None:
@@ -598,11 +654,13 @@ class Worker:
                 except NonDeterminismError as exc:
                     log.error("%s; run parked until fixed code is deployed", exc)
                     self._forget(run)
-                    await self.store.park_run(run.run_id, self.worker_id, str(exc))
+                    await self._hand_back(run.run_id, None, park=str(exc))
                 except Exception:
+                    # The commit's outcome is unknown (e.g. the connection broke): the
+                    # database holds the truth, so drop our copy and replay from it.
                     log.exception("step of run %s failed; handing the run back", run.run_id)
                     self._forget(run)
-                    await self.store.release_run(run.run_id, self.worker_id, utcnow())
+                    await self._hand_back(run.run_id, utcnow())
         self._schedule_skip_check()
 
     # -- one step --------------------------------------------------------
@@ -734,10 +792,7 @@ class Worker:
         self._forget(run)
         if run.inputs:
             wake = utcnow()
-        try:
-            await self.store.release_run(run.run_id, self.worker_id, wake)
-        except Exception:
-            log.exception("could not hand back run %s (its lease will expire)", run.run_id)
+        await self._hand_back(run.run_id, wake)
 
     # -- timers ----------------------------------------------------------
     def _arm_timer(self, run: HeldRun, timer_id: int, fire_at: datetime) -> None:
@@ -859,8 +914,8 @@ class Worker:
             pass
         except StepRejected:
             self._forget(run)
-        except Exception:
-            log.exception("activity %s of run %s crashed the worker loop", act.label, run.run_id)
+        except Exception as exc:  # e.g. the database is away while recording a retry
+            self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
 
     def _finish_activity(
         self, run: HeldRun, act: PendingActivity, event_type: str, attrs: dict[str, Any]
