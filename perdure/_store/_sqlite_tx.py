@@ -1,0 +1,438 @@
+"""Transaction bodies of the SQLite store: each runs inside one write transaction.
+
+They take a connection that is already in a transaction (``SQLiteDB`` opens and
+commits it, grouping many of them) and speak rows, not coroutines.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from perdure._errors import (
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+    failure_to_dict,
+)
+from perdure._history import EventType, HistoryEvent
+from perdure._store._base import (
+    ActivityProgress,
+    InboxItem,
+    NewRun,
+    RunExists,
+    RunRecord,
+    StepCommit,
+    StepRejected,
+    utcnow,
+)
+from perdure._store._queries import load_queries
+from perdure._store._times import fmt, fmt_opt, parse, parse_opt
+
+Q = load_queries("sqlite")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def run_from_row(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        namespace=row["namespace"],
+        workflow_id=row["workflow_id"],
+        workflow_type=row["workflow_type"],
+        task_queue=row["task_queue"],
+        status=row["status"],
+        input=json.loads(row["input"]),
+        result=None if row["result"] is None else json.loads(row["result"]),
+        error=None if row["error"] is None else json.loads(row["error"]),
+        parent_workflow_id=row["parent_workflow_id"],
+        parent_run_id=row["parent_run_id"],
+        parent_close_policy=row["parent_close_policy"],
+        child_id=row["child_id"],
+        search_attributes=json.loads(row["search_attributes"]),
+        memo=json.loads(row["memo"]),
+        continued_run_id=row["continued_run_id"],
+        next_event_seq=row["next_event_seq"],
+        wake_at=parse_opt(row["wake_at"]),
+        owner=row["owner"],
+        parked_error=row["parked_error"],
+        created_at=parse(row["created_at"]),
+        closed_at=parse_opt(row["closed_at"]),
+    )
+
+
+def event_from_row(row: sqlite3.Row) -> HistoryEvent:
+    return HistoryEvent(
+        seq=row["seq"],
+        event_type=row["event_type"],
+        name=row["name"],
+        attributes=json.loads(row["attributes"]),
+        created_at=parse(row["created_at"]),
+    )
+
+
+def inbox_from_row(row: sqlite3.Row) -> InboxItem:
+    undecodable = None
+    try:
+        payload = json.loads(row["payload"])
+    except ValueError:
+        payload, undecodable = [], str(row["payload"])
+    if not isinstance(payload, list):
+        payload = [payload]
+    return InboxItem(
+        inbox_id=row["inbox_id"],
+        run_id=row["run_id"],
+        kind=row["kind"],
+        name=row["name"],
+        payload=payload,
+        created_at=parse(row["created_at"]),
+        undecodable=undecodable,
+    )
+
+
+def progress_params(run_id: str, activity: ActivityProgress) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "activity_id": activity.activity_id,
+        "activity_type": activity.activity_type,
+        "label": activity.label,
+        "attempt": activity.attempt,
+        "scheduled_at": fmt(activity.scheduled_at),
+        "heartbeat_details": dumps(activity.heartbeat_details),
+    }
+
+
+def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "seq": event.seq,
+        "event_type": str(event.event_type),
+        "name": event.name,
+        "attributes": dumps(event.attributes),
+        "created_at": fmt(event.created_at),
+    }
+
+
+def running_row(
+    conn: sqlite3.Connection, namespace: str, workflow_id: str, run_id: str | None
+) -> sqlite3.Row:
+    row = conn.execute(
+        Q["running_run"], {"namespace": namespace, "workflow_id": workflow_id}
+    ).fetchone()
+    if row is None or (run_id is not None and row["run_id"] != run_id):
+        latest = conn.execute(
+            Q["latest_run"], {"namespace": namespace, "workflow_id": workflow_id}
+        ).fetchone()
+        detail = f" (its last run is {latest['status']})" if latest is not None else ""
+        raise WorkflowNotFoundError(
+            f"no running workflow with id {workflow_id!r}"
+            + (f" and run id {run_id!r}" if run_id else "")
+            + detail
+        )
+    found: sqlite3.Row = row
+    return found
+
+
+def insert_inbox(
+    conn: sqlite3.Connection,
+    namespace: str,
+    workflow_id: str,
+    run_id: str | None,
+    kind: str,
+    name: str | None,
+    payload: list[Any],
+) -> None:
+    conn.execute(
+        Q["insert_inbox"],
+        {
+            "namespace": namespace,
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "kind": kind,
+            "name": name,
+            "payload": dumps(payload),
+            "created_at": fmt(utcnow()),
+        },
+    )
+
+
+def insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
+    """Insert a run, applying its id reuse and conflict policies."""
+    key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
+    running = conn.execute(Q["running_run"], key).fetchone()
+    if running is not None:
+        if run.id_conflict_policy == "use_existing":
+            return running["run_id"], False
+        if run.id_conflict_policy == "terminate_existing":
+            terminate(conn, running, "terminated by a new start (terminate_existing)")
+        else:
+            raise WorkflowAlreadyStartedError(
+                f"workflow {run.workflow_id!r} is already running (run "
+                f"{running['run_id']}); pass id_conflict_policy='use_existing' to get it",
+                workflow_id=run.workflow_id,
+                run_id=running["run_id"],
+                workflow_type=running["workflow_type"],
+            )
+    if run.id_reuse_policy != "allow_duplicate":
+        latest = conn.execute(Q["latest_run"], key).fetchone()
+        if latest is not None and (
+            run.id_reuse_policy == "reject_duplicate" or latest["status"] == "completed"
+        ):
+            raise WorkflowAlreadyStartedError(
+                f"workflow id {run.workflow_id!r} was already used (last run "
+                f"{latest['run_id']} {latest['status']}) and id_reuse_policy is "
+                f"{run.id_reuse_policy!r}",
+                workflow_id=run.workflow_id,
+                run_id=latest["run_id"],
+                workflow_type=latest["workflow_type"],
+            )
+    conn.execute(
+        Q["insert_run"],
+        {
+            "run_id": run.run_id,
+            "namespace": run.namespace,
+            "workflow_id": run.workflow_id,
+            "workflow_type": run.workflow_type,
+            "task_queue": run.task_queue,
+            "input": dumps(run.input),
+            "parent_workflow_id": run.parent_workflow_id,
+            "parent_run_id": run.parent_run_id,
+            "parent_close_policy": run.parent_close_policy,
+            "child_id": run.child_id,
+            "search_attributes": dumps(run.search_attributes),
+            "memo": dumps(run.memo),
+            "wake_at": fmt(run.wake_at),
+            "owner": run.owner,
+            "lease_until": fmt_opt(run.lease_until),
+            "created_at": fmt(run.created_at or utcnow()),
+        },
+    )
+    return run.run_id, True
+
+
+def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
+    if step.start is not None:
+        run_id, created = insert_run(conn, step.start)
+        if not created:
+            raise RunExists(run_id)
+    fenced = conn.execute(
+        Q["fence_step"],
+        {
+            "run_id": step.run_id,
+            "worker_id": step.worker_id,
+            "expected_seq": step.expected_seq,
+            "next_event_seq": step.expected_seq + len(step.events),
+            "wake_at": fmt_opt(step.wake_at),
+            "lease_until": fmt_opt(step.lease_until),
+            "release": step.release,
+            "consumed": dumps(step.consumed_inbox),
+        },
+    )
+    if fenced.rowcount != 1:
+        raise StepRejected(step.run_id)
+    conn.executemany(Q["append_event"], [event_params(step.run_id, e) for e in step.events])
+    for activity_id in step.finished_tasks:
+        conn.execute(Q["delete_task"], {"run_id": step.run_id, "activity_id": activity_id})
+    conn.executemany(
+        Q["insert_task"],
+        [
+            {
+                "namespace": step.namespace,
+                "run_id": step.run_id,
+                "activity_id": t.activity_id,
+                "activity_type": t.activity_type,
+                "task_queue": t.task_queue,
+                "label": t.label,
+                "args": dumps(t.args),
+                "options": dumps(t.options),
+                "scheduled_at": fmt(t.scheduled_at),
+                "visible_at": fmt(t.visible_at),
+            }
+            for t in step.new_tasks
+        ],
+    )
+    conn.executemany(Q["delete_inbox"], [{"inbox_id": i} for i in step.consumed_inbox])
+    if step.search_attributes:
+        conn.execute(
+            Q["merge_search_attributes"],
+            {"run_id": step.run_id, "patch": dumps(step.search_attributes)},
+        )
+    for child in step.children:
+        start_child(conn, step, child)
+    for msg in step.messages:
+        # Addressed to the workflow id (its current run, after any continue-as-new);
+        # a workflow that is no longer running simply does not get it.
+        if conn.execute(
+            Q["running_run"], {"namespace": msg.namespace, "workflow_id": msg.workflow_id}
+        ).fetchone():
+            insert_inbox(
+                conn, msg.namespace, msg.workflow_id, None, msg.kind, msg.name, msg.payload
+            )
+    for reply_id, outcome in step.replies.items():
+        insert_reply(conn, reply_id, step.run_id, outcome)
+    if step.close is not None:
+        close = step.close
+        conn.execute(
+            Q["close_run"],
+            {
+                "run_id": step.run_id,
+                "status": close.status,
+                "result": None if close.result is None else dumps(close.result),
+                "error": None if close.error is None else dumps(close.error),
+                "closed_at": fmt(utcnow()),
+                "continued_run_id": close.continued_run_id,
+            },
+        )
+        row = conn.execute(Q["get_run"], {"run_id": step.run_id}).fetchone()
+        after_close(
+            conn, row, close.status, close.result, close.error, had_children=close.had_children
+        )
+        if step.continue_as_new is not None:
+            insert_run(conn, step.continue_as_new)
+
+
+def start_child(conn: sqlite3.Connection, step: StepCommit, child: NewRun) -> None:
+    """Start a child run; if its id is taken, tell the parent through its inbox."""
+    conn.execute("SAVEPOINT child")
+    try:
+        insert_run(conn, child)
+    except WorkflowAlreadyStartedError as exc:
+        conn.execute("ROLLBACK TO child")
+        insert_inbox(
+            conn,
+            step.namespace,
+            str(child.parent_workflow_id),
+            step.run_id,
+            "child_result",
+            child.workflow_type,
+            [
+                {
+                    "child_id": child.child_id,
+                    "workflow_id": child.workflow_id,
+                    "run_id": child.run_id,
+                    "status": "failed",
+                    "error": failure_to_dict(exc),
+                }
+            ],
+        )
+    conn.execute("RELEASE child")
+
+
+def insert_reply(
+    conn: sqlite3.Connection, reply_id: str, run_id: str, outcome: dict[str, Any]
+) -> None:
+    conn.execute(
+        Q["insert_reply"],
+        {
+            "reply_id": reply_id,
+            "run_id": run_id,
+            "outcome": dumps(outcome),
+            "created_at": fmt(utcnow()),
+        },
+    )
+
+
+def after_close(
+    conn: sqlite3.Connection,
+    row: sqlite3.Row,
+    status: str,
+    result: Any,
+    error: Any,
+    *,
+    had_children: bool = True,
+) -> None:
+    """What a run's end means for others: its parent, its children, waiting updates."""
+    run_id = row["run_id"]
+    if status != "continued_as_new" and row["parent_run_id"] is not None:
+        parent = conn.execute(Q["get_run"], {"run_id": row["parent_run_id"]}).fetchone()
+        if parent is not None and parent["status"] == "running":
+            insert_inbox(
+                conn,
+                parent["namespace"],
+                parent["workflow_id"],
+                parent["run_id"],
+                "child_result",
+                row["workflow_type"],
+                [
+                    {
+                        "child_id": row["child_id"],
+                        "workflow_id": row["workflow_id"],
+                        "run_id": run_id,
+                        "status": status,
+                        "result": result,
+                        "error": error,
+                    }
+                ],
+            )
+    if status != "continued_as_new" and had_children:
+        for child in conn.execute(Q["running_children"], {"run_id": run_id}).fetchall():
+            policy = child["parent_close_policy"] or "terminate"
+            if policy == "terminate":
+                terminate(conn, child, f"parent {row['workflow_id']!r} closed ({status})")
+            elif policy == "request_cancel":
+                insert_inbox(
+                    conn,
+                    child["namespace"],
+                    child["workflow_id"],
+                    child["run_id"],
+                    "cancel",
+                    None,
+                    [f"parent {row['workflow_id']!r} closed ({status})"],
+                )
+    for update in conn.execute(
+        Q["pending_updates"],
+        {"namespace": row["namespace"], "workflow_id": row["workflow_id"], "run_id": run_id},
+    ).fetchall():
+        if status == "continued_as_new" and update["run_id"] is None:
+            continue  # addressed to the workflow, not this run: the next run takes it
+        payload = json.loads(update["payload"])
+        update_id = (payload[0] if isinstance(payload, list) else payload).get("update_id")
+        conn.execute(Q["delete_inbox"], {"inbox_id": update["inbox_id"]})
+        if update_id:
+            insert_reply(
+                conn,
+                str(update_id),
+                run_id,
+                {
+                    "rejected": True,
+                    "error": {
+                        "type": "UpdateRejectedError",
+                        "message": f"workflow {row['workflow_id']!r} closed ({status}) first",
+                    },
+                },
+            )
+
+
+def terminate(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
+    """End a running run at once, without running its code."""
+    seq = conn.execute(Q["bump_seq"], {"run_id": row["run_id"]}).fetchone()["seq"]
+    now = utcnow()
+    conn.execute(
+        Q["append_event"],
+        event_params(
+            row["run_id"],
+            HistoryEvent(
+                seq=seq,
+                event_type=EventType.WORKFLOW_TERMINATED,
+                name=None,
+                attributes={"reason": reason},
+                created_at=now,
+            ),
+        ),
+    )
+    error = {"type": "TerminatedError", "message": reason, "attrs": {"reason": reason}}
+    conn.execute(
+        Q["close_run"],
+        {
+            "run_id": row["run_id"],
+            "status": "terminated",
+            "result": None,
+            "error": dumps(error),
+            "closed_at": fmt(now),
+            "continued_run_id": None,
+        },
+    )
+    conn.execute(Q["delete_run_tasks"], {"run_id": row["run_id"]})
+    after_close(conn, row, "terminated", None, error)
