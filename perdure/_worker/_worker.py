@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -21,20 +20,16 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from perdure._activity_state import ActivityInfo
 from perdure._durations import Duration, to_seconds
 from perdure._errors import (
-    ApplicationError,
     NonDeterminismError,
     UpdateRejectedError,
     failure_to_dict,
 )
 from perdure._history import EventType, HistoryEvent
-from perdure._registry import ActivityDefinition
 from perdure._store._base import (
     InboxItem,
     NewRun,
-    RemoteTask,
     RunExists,
     RunRecord,
     StepCommit,
@@ -42,7 +37,8 @@ from perdure._store._base import (
     Store,
     utcnow,
 )
-from perdure._worker._activities import PendingActivity, Slots, judge_failure, run_attempt
+from perdure._worker._activities import PendingActivity, Slots
+from perdure._worker._executor import ActivityExecution
 from perdure._worker._plan import Plan, plan_step, wake_after
 from perdure._worker._run import HeldRun, Input
 from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
@@ -82,7 +78,7 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
-class Worker:
+class Worker(ActivityExecution):
     """Runs workflows and activities of one App. Use ``async with app.worker(...)``."""
 
     def __init__(
@@ -210,6 +206,15 @@ class Worker:
                 self._pool.shutdown(wait=False, cancel_futures=True)
             self.state = WorkerState.STOPPED
 
+    def _running(self) -> bool:
+        return self.state == WorkerState.RUNNING
+
+    def _stopped(self) -> bool:
+        return self.state == WorkerState.STOPPED
+
+    def _count_activity(self) -> None:
+        self.stats.activities_started += 1
+
     def wake(self) -> None:
         """Something changed in the database: look for work now, not at the next poll."""
         self._wake.set()
@@ -289,15 +294,6 @@ class Worker:
         task = asyncio.get_running_loop().create_task(self._hand_back(run.run_id, utcnow()))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _flush_heartbeats(self) -> None:
-        for run in list(self.runs.values()):
-            for act in list(run.activities.values()):
-                state = act.state
-                if state is not None and state.dirty:
-                    state.dirty = False
-                    await self.store.save_heartbeat(run.run_id, act.progress())
-                    act.has_row = True
 
     # -- claiming and adopting runs --------------------------------------
     async def _claim(self) -> None:
@@ -459,101 +455,6 @@ class Worker:
             self._launch_activity(run, act)
         self._take_inbox(run, inbox)
         self._kick(run)
-
-    # -- activities of task queues (their runs live elsewhere) ------------
-    async def _claim_activities(self) -> None:
-        types = list(self.app._registry.activities)
-        capacity = self.max_concurrent_activities - len(self._remote)
-        if not types or capacity <= 0:
-            return
-        tasks = await self.store.claim_activity_tasks(
-            namespace=self.app.namespace,
-            worker_id=self.worker_id,
-            task_queues=self.task_queues,
-            activity_types=types,
-            limit=min(capacity, 64),
-            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
-        )
-        for task in tasks:
-            job = asyncio.create_task(self._run_remote(task))
-            self._remote.add(job)
-            job.add_done_callback(self._remote.discard)
-
-    async def _run_remote(self, task: RemoteTask) -> None:
-        """Run one claimed attempt; report the outcome, or give the task back for a retry."""
-        act = PendingActivity.from_scheduled(
-            {
-                **task.options,
-                "activity_id": task.activity_id,
-                "activity_type": task.activity_type,
-                "args": task.args,
-            },
-            task.label,
-            task.scheduled_at,
-        )
-        act.attempt = task.attempt
-        act.heartbeat_details = task.heartbeat_details
-        defn = self.app._registry.activities[task.activity_type]
-        act.apply_defaults(defn.options)
-        info = self._activity_info(
-            task.namespace, task.workflow_id, task.run_id, task.workflow_type, task.task_queue, act
-        )
-        await self._activity_slots.acquire()
-        act.in_attempt = True
-        try:
-            outcome = await run_attempt(act, defn, info, self._pool_(), self.clock.now())
-        finally:
-            self._activity_slots.release()
-        if act.state is not None:
-            act.heartbeat_details = list(act.state.details)
-        base = {
-            "activity_id": act.activity_id,
-            "activity_type": act.activity_type,
-            "attempt": act.attempt,
-        }
-        if outcome.ok:
-            await self._persist(
-                self.store.finish_remote_task,
-                task,
-                self.worker_id,
-                {**base, "status": "completed", "result": outcome.value},
-            )
-            return
-        assert outcome.error is not None
-        verdict = judge_failure(act, outcome.error, self.clock.now())
-        if verdict.final:
-            status = "timed_out" if verdict.timed_out else "failed"
-            await self._persist(
-                self.store.finish_remote_task,
-                task,
-                self.worker_id,
-                {**base, "status": status, "error": verdict.failure},
-            )
-            return
-        assert verdict.retry_at is not None
-        await self._persist(
-            self.store.retry_remote_task,
-            task,
-            self.worker_id,
-            attempt=act.attempt + 1,
-            visible_at=verdict.retry_at,
-            heartbeat_details=act.heartbeat_details,
-            last_failure=verdict.failure,
-        )
-
-    async def _persist(self, write: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
-        """Record an activity's outcome, retrying while the database is away."""
-        delay = 0.1
-        while True:
-            try:
-                await write(*args, **kw)
-                return
-            except Exception:
-                if self.state == WorkerState.STOPPED:
-                    raise
-                log.warning("could not record an activity outcome yet; retrying", exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     # -- inputs ----------------------------------------------------------
     async def _pull_inbox(self) -> None:
@@ -838,135 +739,3 @@ class Worker:
         name = run.runner.pending_timers.get(timer_id, (None, None))[1]
         run.inputs.append(Input(EventType.TIMER_FIRED, name, {"timer_id": timer_id}))
         self._kick(run)
-
-    # -- activities ------------------------------------------------------
-    def _launch_activity(self, run: HeldRun, act: PendingActivity) -> None:
-        self.stats.activities_started += 1
-        act.task = asyncio.create_task(self._run_activity(run, act))
-
-    def _activity_definition(self, run: HeldRun, activity_type: str) -> ActivityDefinition | None:
-        return self.app._registry.activities.get(activity_type) or run.runner.adhoc_activities.get(
-            activity_type
-        )
-
-    async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
-        try:
-            while not run.closed:
-                delay = (act.visible_at - self.clock.now()).total_seconds()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self.state != WorkerState.RUNNING:
-                    return
-                defn = self._activity_definition(run, act.activity_type)
-                if defn is None:
-                    error: BaseException = ApplicationError(
-                        f"activity type {act.activity_type!r} is not registered on this worker",
-                        type="ActivityNotRegistered",
-                        non_retryable=True,
-                    )
-                    outcome_ok, value = False, None
-                else:
-                    act.apply_defaults(defn.options)
-                    await self._activity_slots.acquire()
-                    act.in_attempt = True
-                    try:
-                        outcome = await run_attempt(
-                            act, defn, self._info(run, act), self._pool_(), self.clock.now()
-                        )
-                    finally:
-                        act.in_attempt = False
-                        self._activity_slots.release()
-                    outcome_ok, value = outcome.ok, outcome.value
-                    error = outcome.error if outcome.error is not None else RuntimeError()
-                if act.state is not None:
-                    act.heartbeat_details = list(act.state.details)
-                if outcome_ok:
-                    self._finish_activity(
-                        run,
-                        act,
-                        EventType.ACTIVITY_COMPLETED,
-                        {"result": value},
-                    )
-                    return
-                verdict = judge_failure(act, error, self.clock.now())
-                if verdict.final:
-                    self._finish_activity(
-                        run,
-                        act,
-                        EventType.ACTIVITY_TIMED_OUT
-                        if verdict.timed_out
-                        else EventType.ACTIVITY_FAILED,
-                        {"error": verdict.failure},
-                    )
-                    return
-                assert verdict.retry_at is not None
-                act.attempt += 1
-                act.visible_at = verdict.retry_at
-                await self.store.retry_activity(
-                    run_id=run.run_id,
-                    worker_id=self.worker_id,
-                    activity=act.progress(),
-                    visible_at=act.visible_at,
-                    last_failure=verdict.failure,
-                )
-                act.has_row = True
-        except asyncio.CancelledError:
-            pass
-        except StepRejected:
-            self._forget(run)
-        except Exception as exc:  # e.g. the database is away while recording a retry
-            self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
-
-    def _finish_activity(
-        self, run: HeldRun, act: PendingActivity, event_type: str, attrs: dict[str, Any]
-    ) -> None:
-        if run.closed or run.activities.get(act.activity_id) is not act:
-            return
-        del run.activities[act.activity_id]
-        run.inputs.append(
-            Input(
-                event_type,
-                act.label,
-                {
-                    "activity_id": act.activity_id,
-                    "activity_type": act.activity_type,
-                    "attempt": act.attempt,
-                    **attrs,
-                },
-                finished_activity=act.activity_id if act.has_row else None,
-            )
-        )
-        self._kick(run)
-
-    def _info(self, run: HeldRun, act: PendingActivity) -> ActivityInfo:
-        rec = run.record
-        return self._activity_info(
-            rec.namespace, rec.workflow_id, rec.run_id, rec.workflow_type, rec.task_queue, act
-        )
-
-    def _activity_info(
-        self,
-        namespace: str,
-        workflow_id: str,
-        run_id: str,
-        workflow_type: str,
-        task_queue: str,
-        act: PendingActivity,
-    ) -> ActivityInfo:
-        return ActivityInfo(
-            namespace=namespace,
-            workflow_id=workflow_id,
-            run_id=run_id,
-            workflow_type=workflow_type,
-            activity_id=act.activity_id,
-            activity_type=act.activity_type,
-            attempt=act.attempt,
-            task_queue=task_queue,
-            scheduled_at=act.scheduled_at,
-            started_at=self.clock.now(),
-            heartbeat_details=tuple(act.heartbeat_details),
-        )
-
-    def _pool_(self) -> ThreadPoolExecutor:
-        assert self._pool is not None
-        return self._pool
