@@ -907,3 +907,6 @@ def demo(database_url: str | None) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+from perdure import _cli_replay  # noqa: E402, F401 - registers `perdure replay`
