@@ -22,6 +22,7 @@ from perdure._errors import (
 )
 from perdure._history import HistoryEvent
 from perdure._retry import RetryPolicy
+from perdure._schedules import ScheduleDescription, ScheduleHandle
 from perdure._workflow._context import WorkflowContext
 from perdure._workflow._runner import WorkflowInfo
 
@@ -38,6 +39,8 @@ __all__ = [
     "QueryFailedError",
     "QueryRejectedError",
     "RetryPolicy",
+    "ScheduleDescription",
+    "ScheduleHandle",
     "ScheduleNotFoundError",
     "TerminatedError",
     "TimeoutError",

@@ -25,6 +25,7 @@ from perdure._registry import (
     workflow_definition,
 )
 from perdure._retry import RetryPolicy
+from perdure._schedules import ScheduleHandle, create_schedule
 from perdure._store import open_store
 from perdure._store._base import ListFilter, NewRun, RunClose, RunRecord, Store, utcnow
 from perdure._worker._worker import Worker
@@ -516,3 +517,36 @@ class App:
         )
         for rec in records:
             yield WorkflowDescription.from_record(rec)
+
+    async def schedule_workflow(
+        self,
+        workflow: Any,
+        *,
+        schedule_id: str,
+        args: list[Any] | tuple[Any, ...] = (),
+        cron: str | None = None,
+        interval: Duration | None = None,
+        timezone: str | None = None,
+        jitter: Duration | None = None,
+        overlap: str = "skip",
+        catchup_window: Duration | None = None,
+        task_queue: str | None = None,
+    ) -> ScheduleHandle:
+        """Start ``workflow`` on a cron or interval spec; workers fire it (docs/schedules.md)."""
+        return await create_schedule(
+            self,
+            workflow,
+            schedule_id=schedule_id,
+            args=args,
+            cron=cron,
+            interval=interval,
+            timezone=timezone,
+            jitter=jitter,
+            overlap=overlap,
+            catchup_window=catchup_window,
+            task_queue=task_queue,
+        )
+
+    def get_schedule(self, schedule_id: str) -> ScheduleHandle:
+        """A handle on a schedule (``ScheduleNotFoundError`` when used, if there is none)."""
+        return ScheduleHandle(self, schedule_id)

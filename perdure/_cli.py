@@ -909,4 +909,7 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-from perdure import _cli_replay  # noqa: E402, F401 - registers `perdure replay`
+from perdure import (  # noqa: E402
+    _cli_replay,  # noqa: F401 - registers `perdure replay`
+    _cli_schedule,  # noqa: F401 - registers `perdure schedule`
+)

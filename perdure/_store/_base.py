@@ -236,6 +236,54 @@ class ListFilter:
     limit: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScheduleRecord:
+    """A row of the schedules table (times UTC; ``catchup_window`` in seconds)."""
+
+    namespace: str
+    schedule_id: str
+    workflow_type: str
+    task_queue: str
+    args: list[Any]
+    spec: dict[str, Any]
+    overlap: str
+    catchup_window: float
+    paused: bool
+    next_fire_at: datetime | None  # the next nominal fire time
+    due_at: datetime | None  # next_fire_at plus its jitter: when a worker fires it
+    last_fire_at: datetime | None
+    last_run_id: str | None  # the run of the latest start (overlap policies look at it)
+    buffered_fire_at: datetime | None  # a fire waiting for the latest run to end
+    recent_runs: list[dict[str, Any]]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScheduleChange:
+    """What one schedule transaction writes: its new state, runs to start, runs to cancel.
+
+    ``strict``: a start whose workflow id was already used raises
+    ``WorkflowAlreadyStartedError``; otherwise that start is dropped (it already fired).
+    """
+
+    paused: bool
+    next_fire_at: datetime | None
+    due_at: datetime | None
+    last_fire_at: datetime | None
+    last_run_id: str | None
+    buffered_fire_at: datetime | None
+    recent_runs: list[dict[str, Any]]
+    starts: list[NewRun] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)  # (workflow_id, run_id)
+    strict: bool = False
+
+
+# Called inside a schedule's transaction with its row and the status of its latest run
+# (None when it has none); returns what to write, or None to change nothing.
+ScheduleDecision = Callable[[ScheduleRecord, str | None], ScheduleChange | None]
+
+
 class Store(abc.ABC):
     """A perdure database. Every method is one transaction (or one read)."""
 
@@ -410,6 +458,41 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def deregister_worker(self, worker_id: str) -> None: ...
+
+    # -- schedules -------------------------------------------------------
+    @abc.abstractmethod
+    async def create_schedule(self, schedule: ScheduleRecord) -> None:
+        """Insert a schedule; ``ValueError`` if its id is taken in the namespace."""
+
+    @abc.abstractmethod
+    async def get_schedule(self, namespace: str, schedule_id: str) -> ScheduleRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_schedules(self, namespace: str) -> list[ScheduleRecord]:
+        """Every schedule of the namespace, by id."""
+
+    @abc.abstractmethod
+    async def delete_schedule(self, namespace: str, schedule_id: str) -> bool:
+        """Remove a schedule (its runs stay); False if there was none."""
+
+    @abc.abstractmethod
+    async def due_schedules(self, namespace: str, now: datetime, limit: int) -> list[str]:
+        """Ids of unpaused schedules with a fire due, or a buffered fire whose run ended."""
+
+    @abc.abstractmethod
+    async def change_schedule(
+        self,
+        namespace: str,
+        schedule_id: str,
+        decide: ScheduleDecision,
+        *,
+        skip_locked: bool = False,
+    ) -> tuple[bool, list[NewRun]]:
+        """In one transaction: lock the schedule, ask ``decide``, write its answer.
+
+        Returns (found, the runs started). ``skip_locked``: a schedule another
+        transaction holds counts as not found (a worker firing it moves on).
+        """
 
     # -- wake-ups (optional) -----------------------------------------------
     async def listen(self, callback: Callable[[], None]) -> None:

@@ -27,6 +27,8 @@ from perdure._store._base import (
     NewRun,
     RemoteTask,
     RunRecord,
+    ScheduleDecision,
+    ScheduleRecord,
     StepCommit,
     StepRejected,
     Store,
@@ -53,6 +55,8 @@ from perdure._store._postgres_tx import (
     progress_params,
     remote_task_from_row,
     run_from_row,
+    schedule_from_row,
+    schedule_params,
     task_from_row,
 )
 from perdure._store._queries import migration_files
@@ -472,6 +476,55 @@ class PostgresStore(Store):
             return (await conn.execute(query, params)).rowcount
 
         return await self.db.statement(tx)
+
+    # -- schedules -------------------------------------------------------
+    async def create_schedule(self, schedule: ScheduleRecord) -> None:
+        if not await self._write(self.q["insert_schedule"], schedule_params(schedule)):
+            raise ValueError(
+                f"schedule {schedule.schedule_id!r} already exists; delete it first "
+                "(app.get_schedule(...).delete()) to replace it"
+            )
+
+    async def get_schedule(self, namespace: str, schedule_id: str) -> ScheduleRecord | None:
+        key = {"namespace": namespace, "schedule_id": schedule_id}
+
+        async def read(conn: Conn) -> ScheduleRecord | None:
+            row = await self.tx.one(conn, "get_schedule", key)
+            return None if row is None else schedule_from_row(row)
+
+        return await self.db.read(read)
+
+    async def list_schedules(self, namespace: str) -> list[ScheduleRecord]:
+        async def read(conn: Conn) -> list[ScheduleRecord]:
+            rows = await self.tx.all(conn, "list_schedules", {"namespace": namespace})
+            return [schedule_from_row(r) for r in rows]
+
+        return await self.db.read(read)
+
+    async def delete_schedule(self, namespace: str, schedule_id: str) -> bool:
+        key = {"namespace": namespace, "schedule_id": schedule_id}
+        return bool(await self._write(self.q["delete_schedule"], key))
+
+    async def due_schedules(self, namespace: str, now: datetime, limit: int) -> list[str]:
+        params = {"namespace": namespace, "now": now, "limit": limit}
+
+        async def read(conn: Conn) -> list[str]:
+            return [r["schedule_id"] for r in await self.tx.all(conn, "due_schedules", params)]
+
+        return await self.db.read(read)
+
+    async def change_schedule(
+        self,
+        namespace: str,
+        schedule_id: str,
+        decide: ScheduleDecision,
+        *,
+        skip_locked: bool = False,
+    ) -> tuple[bool, list[NewRun]]:
+        async def tx(conn: Conn) -> tuple[bool, list[NewRun]]:
+            return await self.tx.change_schedule(conn, namespace, schedule_id, decide, skip_locked)
+
+        return await self.db.transaction(tx)
 
     async def _write_all(self, query: str, params: Any) -> list[Row]:
         async def tx(conn: Conn) -> list[Row]:

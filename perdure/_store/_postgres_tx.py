@@ -25,6 +25,9 @@ from perdure._store._base import (
     RemoteTask,
     RunExists,
     RunRecord,
+    ScheduleChange,
+    ScheduleDecision,
+    ScheduleRecord,
     StepCommit,
     StepRejected,
     utcnow,
@@ -186,6 +189,59 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
         "task_scheduled": [t.scheduled_at for t in step.new_tasks],
         "task_visible": [t.visible_at for t in step.new_tasks],
         "consumed_inbox": list(step.consumed_inbox),
+    }
+
+
+def schedule_from_row(row: Row) -> ScheduleRecord:
+    return ScheduleRecord(
+        namespace=row["namespace"],
+        schedule_id=row["schedule_id"],
+        workflow_type=row["workflow_type"],
+        task_queue=row["task_queue"],
+        args=_json(row["args"]),
+        spec=_json(row["spec"]),
+        overlap=row["overlap"],
+        catchup_window=float(row["catchup_window"]),
+        paused=bool(row["paused"]),
+        next_fire_at=row["next_fire_at"],
+        due_at=row["due_at"],
+        last_fire_at=row["last_fire_at"],
+        last_run_id=row["last_run_id"],
+        buffered_fire_at=row["buffered_fire_at"],
+        recent_runs=_json(row["recent_runs"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def schedule_params(schedule: ScheduleRecord) -> dict[str, Any]:
+    return {
+        "namespace": schedule.namespace,
+        "schedule_id": schedule.schedule_id,
+        "workflow_type": schedule.workflow_type,
+        "task_queue": schedule.task_queue,
+        "args": dumps(schedule.args),
+        "spec": dumps(schedule.spec),
+        "overlap": schedule.overlap,
+        "catchup_window": schedule.catchup_window,
+        "paused": schedule.paused,
+        "next_fire_at": schedule.next_fire_at,
+        "due_at": schedule.due_at,
+        "now": schedule.created_at,
+    }
+
+
+def change_params(change: ScheduleChange, started: list[NewRun]) -> dict[str, Any]:
+    dropped = {r.run_id for r in change.starts} - {r.run_id for r in started}
+    return {
+        "paused": change.paused,
+        "next_fire_at": change.next_fire_at,
+        "due_at": change.due_at,
+        "last_fire_at": change.last_fire_at,
+        "last_run_id": None if change.last_run_id in dropped else change.last_run_id,
+        "buffered_fire_at": change.buffered_fire_at,
+        "recent_runs": dumps([r for r in change.recent_runs if r.get("run_id") not in dropped]),
+        "now": utcnow(),
     }
 
 
@@ -539,3 +595,45 @@ class Statements:
         )
         await conn.execute(self.q["delete_run_tasks"], {"run_id": row["run_id"]})
         await self.after_close(conn, row, "terminated", None, error)
+
+    async def change_schedule(
+        self,
+        conn: Conn,
+        namespace: str,
+        schedule_id: str,
+        decide: ScheduleDecision,
+        skip_locked: bool,
+    ) -> tuple[bool, list[NewRun]]:
+        """Lock the schedule's row, decide, then write the change (one transaction)."""
+        key = {"namespace": namespace, "schedule_id": schedule_id}
+        row = await self.one(conn, "claim_schedule" if skip_locked else "lock_schedule", key)
+        if row is None:
+            return False, []
+        schedule = schedule_from_row(row)
+        last_status = None
+        if schedule.last_run_id is not None:
+            last = await self.one(conn, "get_run", {"run_id": schedule.last_run_id})
+            last_status = None if last is None else str(last["status"])
+        change = decide(schedule, last_status)
+        if change is None:
+            return True, []
+        reason = f"cancelled by schedule {schedule_id!r} (overlap cancel_other)"
+        for workflow_id, run_id in change.cancels:
+            running = await self.one(
+                conn, "running_run", {"namespace": namespace, "workflow_id": workflow_id}
+            )
+            if running is not None and running["run_id"] == run_id:
+                await self.insert_inbox(
+                    conn, namespace, workflow_id, run_id, "cancel", None, [reason]
+                )
+        started: list[NewRun] = []
+        for run in change.starts:
+            try:
+                await self.insert_run(conn, run)
+            except WorkflowAlreadyStartedError:
+                if change.strict:
+                    raise
+                continue  # this fire was already started: exactly once
+            started.append(run)
+        await conn.execute(self.q["update_schedule"], {**key, **change_params(change, started)})
+        return True, started

@@ -17,6 +17,8 @@ from perdure._store._base import (
     NewRun,
     RemoteTask,
     RunRecord,
+    ScheduleDecision,
+    ScheduleRecord,
     StepCommit,
     StepRejected,
     Store,
@@ -26,15 +28,18 @@ from perdure._store._queries import migration_files
 from perdure._store._sqlite_db import SQLiteDB
 from perdure._store._sqlite_tx import Q as _Q
 from perdure._store._sqlite_tx import (
+    change_schedule,
     commit_step,
     dumps,
     event_from_row,
     inbox_from_row,
     insert_inbox,
     insert_run,
+    insert_schedule,
     progress_params,
     run_from_row,
     running_row,
+    schedule_from_row,
     terminate,
 )
 from perdure._store._times import fmt, fmt_opt, parse
@@ -399,6 +404,53 @@ class SQLiteStore(Store):
     async def deregister_worker(self, worker_id: str) -> None:
         await self.db.write(
             lambda conn: conn.execute(_Q["delete_worker"], {"worker_id": worker_id})
+        )
+
+    # -- schedules -------------------------------------------------------
+    async def create_schedule(self, schedule: ScheduleRecord) -> None:
+        await self.db.write(lambda conn: insert_schedule(conn, schedule))
+
+    async def get_schedule(self, namespace: str, schedule_id: str) -> ScheduleRecord | None:
+        key = {"namespace": namespace, "schedule_id": schedule_id}
+
+        def read(conn: sqlite3.Connection) -> ScheduleRecord | None:
+            row = conn.execute(_Q["get_schedule"], key).fetchone()
+            return None if row is None else schedule_from_row(row)
+
+        return await self.db.read(read)
+
+    async def list_schedules(self, namespace: str) -> list[ScheduleRecord]:
+        def read(conn: sqlite3.Connection) -> list[ScheduleRecord]:
+            rows = conn.execute(_Q["list_schedules"], {"namespace": namespace})
+            return [schedule_from_row(r) for r in rows]
+
+        return await self.db.read(read)
+
+    async def delete_schedule(self, namespace: str, schedule_id: str) -> bool:
+        key = {"namespace": namespace, "schedule_id": schedule_id}
+        deleted = await self.db.write(
+            lambda conn: conn.execute(_Q["delete_schedule"], key).rowcount
+        )
+        return bool(deleted)
+
+    async def due_schedules(self, namespace: str, now: datetime, limit: int) -> list[str]:
+        params = {"namespace": namespace, "now": fmt(now), "limit": limit}
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            return [r["schedule_id"] for r in conn.execute(_Q["due_schedules"], params)]
+
+        return await self.db.read(read)
+
+    async def change_schedule(
+        self,
+        namespace: str,
+        schedule_id: str,
+        decide: ScheduleDecision,
+        *,
+        skip_locked: bool = False,
+    ) -> tuple[bool, list[NewRun]]:
+        return await self.db.write(
+            lambda conn: change_schedule(conn, namespace, schedule_id, decide)
         )
 
 

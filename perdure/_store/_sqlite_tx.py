@@ -22,6 +22,9 @@ from perdure._store._base import (
     NewRun,
     RunExists,
     RunRecord,
+    ScheduleChange,
+    ScheduleDecision,
+    ScheduleRecord,
     StepCommit,
     StepRejected,
     utcnow,
@@ -436,3 +439,103 @@ def terminate(conn: sqlite3.Connection, row: sqlite3.Row, reason: str) -> None:
     )
     conn.execute(Q["delete_run_tasks"], {"run_id": row["run_id"]})
     after_close(conn, row, "terminated", None, error)
+
+
+def schedule_from_row(row: sqlite3.Row) -> ScheduleRecord:
+    return ScheduleRecord(
+        namespace=row["namespace"],
+        schedule_id=row["schedule_id"],
+        workflow_type=row["workflow_type"],
+        task_queue=row["task_queue"],
+        args=json.loads(row["args"]),
+        spec=json.loads(row["spec"]),
+        overlap=row["overlap"],
+        catchup_window=float(row["catchup_window"]),
+        paused=bool(row["paused"]),
+        next_fire_at=parse_opt(row["next_fire_at"]),
+        due_at=parse_opt(row["due_at"]),
+        last_fire_at=parse_opt(row["last_fire_at"]),
+        last_run_id=row["last_run_id"],
+        buffered_fire_at=parse_opt(row["buffered_fire_at"]),
+        recent_runs=json.loads(row["recent_runs"]),
+        created_at=parse(row["created_at"]),
+        updated_at=parse(row["updated_at"]),
+    )
+
+
+def insert_schedule(conn: sqlite3.Connection, schedule: ScheduleRecord) -> None:
+    inserted = conn.execute(
+        Q["insert_schedule"],
+        {
+            "namespace": schedule.namespace,
+            "schedule_id": schedule.schedule_id,
+            "workflow_type": schedule.workflow_type,
+            "task_queue": schedule.task_queue,
+            "args": dumps(schedule.args),
+            "spec": dumps(schedule.spec),
+            "overlap": schedule.overlap,
+            "catchup_window": schedule.catchup_window,
+            "paused": schedule.paused,
+            "next_fire_at": fmt_opt(schedule.next_fire_at),
+            "due_at": fmt_opt(schedule.due_at),
+            "now": fmt(schedule.created_at),
+        },
+    ).rowcount
+    if inserted != 1:
+        raise ValueError(
+            f"schedule {schedule.schedule_id!r} already exists; delete it first "
+            "(app.get_schedule(...).delete()) to replace it"
+        )
+
+
+def change_schedule(
+    conn: sqlite3.Connection,
+    namespace: str,
+    schedule_id: str,
+    decide: ScheduleDecision,
+) -> tuple[bool, list[NewRun]]:
+    """Lock (SQLite: the write transaction), decide, then write the change."""
+    key = {"namespace": namespace, "schedule_id": schedule_id}
+    row = conn.execute(Q["lock_schedule"], key).fetchone()
+    if row is None:
+        return False, []
+    schedule = schedule_from_row(row)
+    last_status = None
+    if schedule.last_run_id is not None:
+        last = conn.execute(Q["get_run"], {"run_id": schedule.last_run_id}).fetchone()
+        last_status = None if last is None else str(last["status"])
+    change = decide(schedule, last_status)
+    if change is None:
+        return True, []
+    reason = f"cancelled by schedule {schedule_id!r} (overlap cancel_other)"
+    for workflow_id, run_id in change.cancels:
+        running = conn.execute(
+            Q["running_run"], {"namespace": namespace, "workflow_id": workflow_id}
+        ).fetchone()
+        if running is not None and running["run_id"] == run_id:
+            insert_inbox(conn, namespace, workflow_id, run_id, "cancel", None, [reason])
+    started: list[NewRun] = []
+    for run in change.starts:
+        try:
+            insert_run(conn, run)
+        except WorkflowAlreadyStartedError:
+            if change.strict:
+                raise
+            continue  # this fire was already started: exactly once
+        started.append(run)
+    conn.execute(Q["update_schedule"], {**key, **_change_params(change, started)})
+    return True, started
+
+
+def _change_params(change: ScheduleChange, started: list[NewRun]) -> dict[str, Any]:
+    dropped = {r.run_id for r in change.starts} - {r.run_id for r in started}
+    return {
+        "paused": change.paused,
+        "next_fire_at": fmt_opt(change.next_fire_at),
+        "due_at": fmt_opt(change.due_at),
+        "last_fire_at": fmt_opt(change.last_fire_at),
+        "last_run_id": None if change.last_run_id in dropped else change.last_run_id,
+        "buffered_fire_at": fmt_opt(change.buffered_fire_at),
+        "recent_runs": dumps([r for r in change.recent_runs if r.get("run_id") not in dropped]),
+        "now": fmt(utcnow()),
+    }

@@ -228,6 +228,7 @@ class Worker(ActivityExecution):
                 await self._claim()
                 await self._pull_inbox()
                 await self._claim_activities()
+                await self._fire_schedules()
                 backoff = self.poll_interval
             except asyncio.CancelledError:
                 raise
@@ -238,6 +239,11 @@ class Worker(ActivityExecution):
                 await asyncio.wait_for(self._wake.wait(), backoff)
             except TimeoutError:
                 pass
+
+    async def _fire_schedules(self) -> None:
+        from perdure._schedules import fire_due_schedules  # schedules live in their own module
+
+        await fire_due_schedules(self)
 
     async def _lease_loop(self) -> None:
         while True:

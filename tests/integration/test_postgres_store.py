@@ -205,7 +205,8 @@ async def test_migrations_are_concurrent_and_idempotent(
             " WHERE table_schema = 'perdure' ORDER BY 1, 2"
         )
         found = await cur.fetchall()
-    tables = ["history", "inbox", "replies", "schema_version", "tasks", "workers", "workflows"]
+    tables = ["history", "inbox", "replies", "schedules", "schema_version", "tasks", "workers"]
+    tables.append("workflows")
     views = ["activity_durations", "failed", "queue_backlog", "running", "slowest_activities"]
     views.append("stuck")
     assert found == [("BASE TABLE", t) for t in tables] + [("VIEW", v) for v in views]

@@ -297,3 +297,55 @@ WITH fence AS (
     WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)
 )
 SELECT count(*) AS fenced FROM fence;
+
+-- name: insert_schedule
+INSERT INTO perdure.schedules (
+    namespace, schedule_id, workflow_type, task_queue, args, spec, overlap, catchup_window,
+    paused, next_fire_at, due_at, last_fire_at, last_run_id, buffered_fire_at, recent_runs,
+    created_at, updated_at
+) VALUES (
+    %(namespace)s, %(schedule_id)s, %(workflow_type)s, %(task_queue)s, %(args)s, %(spec)s,
+    %(overlap)s, %(catchup_window)s, %(paused)s, %(next_fire_at)s, %(due_at)s, NULL, NULL,
+    NULL, '[]', %(now)s, %(now)s
+)
+ON CONFLICT (namespace, schedule_id) DO NOTHING;
+
+-- name: get_schedule
+SELECT * FROM perdure.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s;
+
+-- name: lock_schedule
+SELECT * FROM perdure.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+FOR UPDATE;
+
+-- name: claim_schedule
+-- A worker firing schedules passes over one that another transaction holds.
+SELECT * FROM perdure.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: list_schedules
+SELECT * FROM perdure.schedules WHERE namespace = %(namespace)s ORDER BY schedule_id;
+
+-- name: delete_schedule
+DELETE FROM perdure.schedules
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s;
+
+-- name: due_schedules
+-- Due to fire, or holding a buffered fire whose blocking run has ended.
+SELECT schedule_id FROM perdure.schedules s
+WHERE namespace = %(namespace)s AND NOT paused
+  AND (due_at <= %(now)s
+       OR (buffered_fire_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM perdure.workflows w
+                           WHERE w.run_id = s.last_run_id AND w.status = 'running')))
+ORDER BY due_at LIMIT %(limit)s;
+
+-- name: update_schedule
+UPDATE perdure.schedules
+SET paused = %(paused)s, next_fire_at = %(next_fire_at)s, due_at = %(due_at)s,
+    last_fire_at = %(last_fire_at)s, last_run_id = %(last_run_id)s,
+    buffered_fire_at = %(buffered_fire_at)s, recent_runs = %(recent_runs)s,
+    updated_at = %(now)s
+WHERE namespace = %(namespace)s AND schedule_id = %(schedule_id)s;

@@ -235,3 +235,47 @@ UPDATE perdure_tasks SET owner = NULL, lease_expires_at = NULL WHERE owner = :wo
 -- name: closed_runs
 SELECT run_id FROM perdure_workflows
 WHERE run_id IN (SELECT value FROM json_each(:run_ids)) AND status != 'running';
+
+-- name: insert_schedule
+INSERT INTO perdure_schedules (
+    namespace, schedule_id, workflow_type, task_queue, args, spec, overlap, catchup_window,
+    paused, next_fire_at, due_at, last_fire_at, last_run_id, buffered_fire_at, recent_runs,
+    created_at, updated_at
+) VALUES (
+    :namespace, :schedule_id, :workflow_type, :task_queue, :args, :spec, :overlap,
+    :catchup_window, :paused, :next_fire_at, :due_at, NULL, NULL, NULL, '[]', :now, :now
+)
+ON CONFLICT (namespace, schedule_id) DO NOTHING;
+
+-- name: get_schedule
+SELECT * FROM perdure_schedules WHERE namespace = :namespace AND schedule_id = :schedule_id;
+
+-- name: lock_schedule
+-- SQLite's write transaction already excludes every other writer.
+SELECT * FROM perdure_schedules WHERE namespace = :namespace AND schedule_id = :schedule_id;
+
+-- name: claim_schedule
+SELECT * FROM perdure_schedules WHERE namespace = :namespace AND schedule_id = :schedule_id;
+
+-- name: list_schedules
+SELECT * FROM perdure_schedules WHERE namespace = :namespace ORDER BY schedule_id;
+
+-- name: delete_schedule
+DELETE FROM perdure_schedules WHERE namespace = :namespace AND schedule_id = :schedule_id;
+
+-- name: due_schedules
+-- Due to fire, or holding a buffered fire whose blocking run has ended.
+SELECT schedule_id FROM perdure_schedules s
+WHERE namespace = :namespace AND paused = 0
+  AND (due_at <= :now
+       OR (buffered_fire_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM perdure_workflows w
+                           WHERE w.run_id = s.last_run_id AND w.status = 'running')))
+ORDER BY due_at LIMIT :limit;
+
+-- name: update_schedule
+UPDATE perdure_schedules
+SET paused = :paused, next_fire_at = :next_fire_at, due_at = :due_at,
+    last_fire_at = :last_fire_at, last_run_id = :last_run_id,
+    buffered_fire_at = :buffered_fire_at, recent_runs = :recent_runs, updated_at = :now
+WHERE namespace = :namespace AND schedule_id = :schedule_id;

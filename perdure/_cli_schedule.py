@@ -1,0 +1,197 @@
+"""``perdure schedule list|describe|pause|unpause|trigger|delete``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from perdure._app import App
+from perdure._cli import (
+    _database_options,
+    _echo_json,
+    _json_option,
+    _require_database,
+    client_app,
+    console,
+    fmt_time,
+    main,
+    run_async,
+)
+from perdure._schedules import ScheduleDescription, ScheduleHandle, describe_record
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    if "cron" in spec:
+        text = f"cron {spec['cron']!r} ({spec.get('timezone', 'UTC')})"
+    else:
+        text = f"every {_seconds(spec['interval'])}"
+    if spec.get("jitter"):
+        text += f", jitter {_seconds(spec['jitter'])}"
+    return text
+
+
+def _seconds(value: float) -> str:
+    seconds = float(value)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _schedules_table(items: list[ScheduleDescription]) -> Table:
+    table = Table(header_style="bold")
+    for column in ("SCHEDULE ID", "WORKFLOW TYPE", "SPEC", "STATE", "NEXT FIRE", "LAST RUN"):
+        table.add_column(column, no_wrap=True)
+    for d in items:
+        last = d.recent_runs[-1] if d.recent_runs else None
+        table.add_row(
+            d.schedule_id,
+            d.workflow_type,
+            _spec_text(d.spec),
+            Text("paused", style="yellow") if d.paused else Text("active", style="green"),
+            "" if d.paused or not d.next_fire_times else fmt_time(d.next_fire_times[0]),
+            "" if last is None else f"{last['workflow_id']} ({last['status']})",
+        )
+    return table
+
+
+def _description_table(d: ScheduleDescription) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Schedule ID", d.schedule_id)
+    table.add_row("Workflow type", d.workflow_type)
+    table.add_row("Task queue", d.task_queue)
+    table.add_row("Spec", _spec_text(d.spec))
+    table.add_row("Overlap", d.overlap)
+    table.add_row("Catch-up window", _seconds(d.catchup_window))
+    table.add_row("State", "paused" if d.paused else "active")
+    table.add_row("Next fires", ", ".join(fmt_time(t) for t in d.next_fire_times))
+    if d.buffered_fire_time is not None:
+        table.add_row("Buffered fire", fmt_time(d.buffered_fire_time))
+    for i, r in enumerate(reversed(d.recent_runs)):
+        table.add_row(
+            "Recent runs" if i == 0 else "",
+            f"{r['workflow_id']}  {r['status']}  ({r['trigger']})",
+        )
+    return table
+
+
+@main.group()
+def schedule() -> None:
+    """List, inspect and control schedules (create them with app.schedule_workflow)."""
+
+
+def _on_schedule(
+    schedule_id: str,
+    app_ref: str | None,
+    database_url: str | None,
+    namespace: str | None,
+    fn: Callable[[ScheduleHandle], Awaitable[Any]],
+) -> Any:
+    app = client_app(app_ref, database_url, namespace)
+    _require_database(app)
+
+    async def go(app: App) -> Any:
+        return await fn(app.get_schedule(schedule_id))
+
+    return run_async(app, go)
+
+
+@schedule.command("list")
+@_json_option
+@_database_options
+def list_(
+    as_json: bool, app_ref: str | None, database_url: str | None, namespace: str | None
+) -> None:
+    """Every schedule of the namespace."""
+    app = client_app(app_ref, database_url, namespace)
+    _require_database(app)
+
+    async def go(app: App) -> list[ScheduleDescription]:
+        store = await app._get_store()
+        return [await describe_record(app, r) for r in await store.list_schedules(app.namespace)]
+
+    items = run_async(app, go)
+    if as_json:
+        _echo_json(items)
+    elif not items:
+        click.echo("no schedules")
+    else:
+        console().print(_schedules_table(items))
+
+
+@schedule.command()
+@click.argument("schedule_id")
+@_json_option
+@_database_options
+def describe(
+    schedule_id: str,
+    as_json: bool,
+    app_ref: str | None,
+    database_url: str | None,
+    namespace: str | None,
+) -> None:
+    """Show a schedule: spec, state, next fire times, recent runs."""
+    desc = _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.describe())
+    if as_json:
+        _echo_json(desc)
+    else:
+        console().print(_description_table(desc))
+
+
+@schedule.command()
+@click.argument("schedule_id")
+@_database_options
+def pause(
+    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
+) -> None:
+    """Stop firing a schedule (runs already started go on)."""
+    _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.pause())
+    click.echo(f"paused schedule {schedule_id}")
+
+
+@schedule.command()
+@click.argument("schedule_id")
+@_database_options
+def unpause(
+    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
+) -> None:
+    """Fire a paused schedule again, from its next fire time after now."""
+    _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.unpause())
+    click.echo(f"unpaused schedule {schedule_id}")
+
+
+@schedule.command()
+@click.argument("schedule_id")
+@_database_options
+def trigger(
+    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
+) -> None:
+    """Start a run of the schedule now (even when paused)."""
+
+    async def go(s: ScheduleHandle) -> str:
+        return (await s.trigger()).workflow_id
+
+    workflow_id = _on_schedule(schedule_id, app_ref, database_url, namespace, go)
+    click.echo(f"started {workflow_id}")
+
+
+@schedule.command()
+@click.argument("schedule_id")
+@_database_options
+def delete(
+    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
+) -> None:
+    """Delete a schedule (the runs it started are left alone)."""
+
+    async def go(s: ScheduleHandle) -> None:
+        await s.describe()  # an unknown id is an error here, not a silent no-op
+        await s.delete()
+
+    _on_schedule(schedule_id, app_ref, database_url, namespace, go)
+    click.echo(f"deleted schedule {schedule_id}")
