@@ -108,27 +108,39 @@ async def test_shutdown_past_grace_hands_runs_back_at_once(app: perdure.App) -> 
     assert starts[1] - stopped < 30
 
 
-async def test_two_workers_share_runs_and_each_completes_once(app: perdure.App) -> None:
+async def test_two_workers_share_runs_and_each_completes_once(
+    app: perdure.App, database_url: str
+) -> None:
     ran: list[int] = []
 
     @app.activity
     async def job(i: int) -> int:
         ran.append(i)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         return i
 
     @app.workflow
     async def wf(ctx: WorkflowContext, i: int) -> int:
         return await ctx.activity(job, i)
 
-    async with (
-        app.worker(max_concurrent_workflows=5) as w1,
-        app.worker(max_concurrent_workflows=5) as w2,
-    ):
-        handles = [await app.start_workflow(wf, i) for i in range(40)]
-        results = [await h.result(timeout=30) for h in handles]
+    # Two worker Apps stand for two processes; `app` is a plain client (no worker of
+    # its own), so every run goes through the database and is claimed by one of them.
+    workers = [perdure.App(database_url), perdure.App(database_url)]
+    for w in workers:
+        w._registry = app._registry
+    try:
+        async with (
+            workers[0].worker(max_concurrent_workflows=5) as w1,
+            workers[1].worker(max_concurrent_workflows=5) as w2,
+        ):
+            handles = await asyncio.gather(*(app.start_workflow(wf, i) for i in range(40)))
+            results = [await h.result(timeout=30) for h in handles]
+    finally:
+        for w in workers:
+            await w.close()
     assert results == list(range(40))
     assert sorted(ran) == list(range(40))
+    assert w1.stats.runs_adopted + w2.stats.runs_adopted == 40
     assert w1.stats.runs_adopted > 0 and w2.stats.runs_adopted > 0
 
 
