@@ -71,6 +71,42 @@ async def gather_limited(
     return results
 
 
+COMPLETION_TIMEOUT = 300.0  # W6: seconds after the last signal before giving up
+STALL_TIMEOUT = 60.0  # ... or seconds without one more workflow completing
+
+
+async def completing(factories: list[Callable[[], Awaitable[T]]], limit: int, what: str) -> list[T]:
+    """``gather_limited`` with a deadline that names how many did not finish."""
+    tick = Ticker(len(factories), what)
+    finished = 0
+
+    def on_done(done: int) -> None:
+        nonlocal finished
+        finished = done
+        tick(done)
+
+    work = asyncio.ensure_future(gather_limited(factories, limit, on_done))
+    started = time.perf_counter()
+    last_progress, last_count = started, 0
+    while not work.done():
+        await asyncio.wait([work], timeout=1.0)
+        now = time.perf_counter()
+        if finished != last_count:
+            last_progress, last_count = now, finished
+        stalled = now - last_progress > STALL_TIMEOUT
+        if not work.done() and (stalled or now - started > COMPLETION_TIMEOUT):
+            work.cancel()
+            why = (
+                f"none completed for {STALL_TIMEOUT:.0f} s"
+                if stalled
+                else f"{COMPLETION_TIMEOUT:.0f} s after the last signal"
+            )
+            raise TimeoutError(
+                f"{len(factories) - finished} of {len(factories)} workflows not {what}: {why}"
+            )
+    return work.result()
+
+
 async def wait_until(
     predicate: Callable[[], bool],
     timeout: float,

@@ -15,7 +15,15 @@ from typing import Any
 
 from dbos import DBOS, DBOSClient, DBOSConfig
 
-from benchmarks.common import READY, Ticker, gather_limited, progress, settled_rss, wait_until
+from benchmarks.common import (
+    READY,
+    Ticker,
+    completing,
+    gather_limited,
+    progress,
+    settled_rss,
+    wait_until,
+)
 from benchmarks.spec import Sizes
 from benchmarks.systems.perdure_bench import IN_FLIGHT, latency_metrics
 
@@ -174,7 +182,7 @@ async def w6(s: Sizes) -> dict[str, Any]:
     async def result(wid: str) -> Any:
         return await (await DBOS.retrieve_workflow_async(wid)).get_result()
 
-    await gather_limited([lambda w=w: result(w) for w in ids], IN_FLIGHT, Ticker(n, "completed"))  # type: ignore[misc]
+    await completing([lambda w=w: result(w) for w in ids], IN_FLIGHT, "completed")  # type: ignore[misc]
     done = time.perf_counter()
     return {
         "workflows": n,

@@ -7,7 +7,15 @@ import time
 from typing import Any
 
 import perdure
-from benchmarks.common import READY, Ticker, gather_limited, progress, settled_rss, wait_until
+from benchmarks.common import (
+    READY,
+    Ticker,
+    completing,
+    gather_limited,
+    progress,
+    settled_rss,
+    wait_until,
+)
 from benchmarks.spec import Sizes
 from perdure import WorkflowContext
 
@@ -173,10 +181,10 @@ async def w6(app: perdure.App, s: Sizes) -> dict[str, Any]:
             Ticker(n, "signalled"),
         )
         last_signal = time.perf_counter()
-        await gather_limited(
+        await completing(
             [lambda wid=wid: app.get_handle(wid).result() for wid in ids],  # type: ignore[misc]
             IN_FLIGHT,
-            Ticker(n, "completed"),
+            "completed",
         )
         done = time.perf_counter()
     return {

@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from benchmarks.common import (
     READY,
     Ticker,
+    completing,
     gather_limited,
     progress,
     rss_bytes,
@@ -143,10 +144,10 @@ async def w6(client: Client, s: Sizes, server: DevServer) -> dict[str, Any]:
         Ticker(n, "signalled"),
     )
     last_signal = time.perf_counter()
-    await gather_limited(
+    await completing(
         [lambda w=w: client.get_workflow_handle(w).result() for w in ids],  # type: ignore[misc]
         IN_FLIGHT,
-        Ticker(n, "completed"),
+        "completed",
     )
     done = time.perf_counter()
     return {
