@@ -121,4 +121,4 @@ class CockroachStore(PostgresStore):
 
     # -- a step: several statements, one transaction -------------------------
     async def commit_step(self, step: StepCommit) -> None:
-        await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))
+        await self.db.transaction(self._step_tx(step))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from perdure._store._base import (
 from perdure._store._postgres_db import (
     Conn,
     Database,
+    Dedicated,
     GroupCommit,
     Listener,
     Settings,
@@ -77,7 +79,9 @@ class PostgresStore(Store):
         self.tx = Statements(self.q)
         self.db = Database(self.settings, fault_rate=self._fault_rate())
         self._listener: Listener | None = None
-        self._group = GroupCommit(self.db, self.q["commit_step"])
+        self._group = GroupCommit(self.db, self.q["commit_step"], prepare=_fresh_lease)
+        # The lease loop's statements: never queued behind the pool (see Dedicated).
+        self._lease_conn = Dedicated(self.db)
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
 
@@ -142,6 +146,7 @@ class PostgresStore(Store):
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        await self._lease_conn.close_connection()
         await self.db.close()
 
     # -- wake-ups --------------------------------------------------------
@@ -287,10 +292,8 @@ class PostgresStore(Store):
             "task_queues": task_queues,
             "workflow_types": workflow_types,
             "limit": limit,
-            "lease_until": lease_until,
-            "now": utcnow(),
         }
-        rows = await self._write_all(self.q["claim_runs"], params)
+        rows = await self._claim(self.q["claim_runs"], params, lease_until)
         return [run_from_row(r) for r in rows]
 
     async def load_tasks(self, run_id: str) -> list[ActivityTask]:
@@ -311,11 +314,13 @@ class PostgresStore(Store):
             return
         # Most steps touch only their own run's rows: one statement, grouped with others.
         params = plain_step_params(step)
+        if step.lease_until is not None:  # counted from the commit, not the call (_claim)
+            params["lease_ttl"] = step.lease_until - utcnow()
         if self.settings.group_commit:
             fenced = await self._group.submit(params)
         else:
             row = await self.db.statement(
-                lambda conn: self._fetch_one(conn, self.q["commit_step"], params)
+                lambda conn: self._fetch_one(conn, self.q["commit_step"], _fresh_lease(params))
             )
             fenced = None if row is None else row["fenced"]
         if fenced != 1:
@@ -324,13 +329,24 @@ class PostgresStore(Store):
     async def _commit_in_transaction(self, step: StepCommit) -> None:
         # A step that also starts its run can meet a concurrent start of the same id: the
         # unique index stops one, and running it again applies the id policies.
+        tx = self._step_tx(step)
         for attempt in range(3):
             try:
-                await self.db.transaction(lambda conn: self.tx.commit_step(conn, step))
+                await self.db.transaction(tx)
                 return
             except errors.UniqueViolation:
                 if step.start is None or attempt == 2:
                     raise
+
+    def _step_tx(self, step: StepCommit) -> Callable[[Conn], Awaitable[None]]:
+        """A step's transaction; its lease counts from the commit, not the call (_claim)."""
+        ttl = None if step.lease_until is None else step.lease_until - utcnow()
+
+        async def tx(conn: Conn) -> None:
+            fresh = step if ttl is None else replace(step, lease_until=utcnow() + ttl)
+            await self.tx.commit_step(conn, fresh)
+
+        return tx
 
     async def retry_activity(
         self,
@@ -366,10 +382,8 @@ class PostgresStore(Store):
             "task_queues": task_queues,
             "activity_types": activity_types,
             "limit": limit,
-            "lease_until": lease_until,
-            "now": utcnow(),
         }
-        rows = await self._write_all(self.q["claim_activity_tasks"], params)
+        rows = await self._claim(self.q["claim_activity_tasks"], params, lease_until)
         return [remote_task_from_row(r) for r in rows]
 
     async def finish_remote_task(
@@ -417,17 +431,19 @@ class PostgresStore(Store):
         await self._write(self.q["release_tasks"], {"worker_id": worker_id})
 
     async def save_heartbeat(self, run_id: str, activity: ActivityProgress) -> None:
-        await self._write(self.q["save_heartbeat"], progress_params(run_id, activity))
+        await self._lease_write(self.q["save_heartbeat"], progress_params(run_id, activity))
 
     async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
-        params = {"worker_id": worker_id, "lease_until": lease_until}
+        ttl = lease_until - utcnow()
 
-        async def tx(conn: Conn) -> set[str]:
+        async def statements(conn: Conn) -> set[str]:
+            params = {"worker_id": worker_id, "lease_until": utcnow() + ttl}
+            # Two statements, each its own transaction: no lock outlives its statement.
             await conn.execute(self.q["renew_task_leases"], params)
             rows = await (await conn.execute(self.q["renew_leases"], params)).fetchall()
             return {r["run_id"] for r in rows}
 
-        return await self.db.transaction(tx)
+        return await self._lease_conn.statements(statements)
 
     async def release_run(self, run_id: str, worker_id: str, wake_at: datetime | None) -> None:
         params = {"run_id": run_id, "worker_id": worker_id, "wake_at": wake_at}
@@ -452,7 +468,7 @@ class PostgresStore(Store):
             "task_queues": dumps(task_queues),
             "now": utcnow(),
         }
-        await self._write(self.q["upsert_worker"], params)
+        await self._lease_write(self.q["upsert_worker"], params)
 
     async def deregister_worker(self, worker_id: str) -> None:
         await self._write(self.q["delete_worker"], {"worker_id": worker_id})
@@ -526,11 +542,39 @@ class PostgresStore(Store):
 
         return await self.db.transaction(tx)
 
+    async def _lease_write(self, query: str, params: Any) -> int:
+        async def tx(conn: Conn) -> int:
+            return (await conn.execute(query, params)).rowcount
+
+        return await self._lease_conn.statements(tx)
+
+    async def _claim(self, query: str, params: dict[str, Any], lease_until: datetime) -> list[Row]:
+        """Claim rows with a lease as long as asked, counted from when the claim runs.
+
+        Under load a claim can wait seconds for a pooled connection: a lease counted
+        from the call would be over, or nearly, by the time it is written, and another
+        worker would take the rows straight back (and run their activities again).
+        """
+        ttl = lease_until - utcnow()
+
+        async def tx(conn: Conn) -> list[Row]:
+            now = utcnow()
+            timed = {**params, "now": now, "lease_until": now + ttl}
+            return await (await conn.execute(query, timed)).fetchall()
+
+        return await self.db.statement(tx)
+
     async def _write_all(self, query: str, params: Any) -> list[Row]:
         async def tx(conn: Conn) -> list[Row]:
             return await (await conn.execute(query, params)).fetchall()
 
         return await self.db.statement(tx)
+
+
+def _fresh_lease(params: dict[str, Any]) -> dict[str, Any]:
+    """A step's parameters with its lease counted from now (``lease_ttl`` if it has one)."""
+    ttl = params.get("lease_ttl")
+    return params if ttl is None else {**params, "lease_until": utcnow() + ttl}
 
 
 def emulating_cockroach() -> bool:

@@ -218,6 +218,82 @@ class Database:
             await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
 
 
+class Dedicated:
+    """One connection of its own, outside the pool, for the worker's lease loop.
+
+    A lease renewal that waits behind hundreds of queued pool requests (a worker
+    adopting a batch of claimed runs, a database slowed down by load) arrives after
+    the lease ran out, and another worker takes the run over. The lease loop's
+    statements (renewal, worker heartbeat, activity heartbeats) therefore run here,
+    one at a time. They are idempotent: after a lost connection the statement is
+    simply sent again on a new one, once.
+    """
+
+    def __init__(self, db: Database, *, connect_timeout: float = 10) -> None:
+        self._db = db
+        self._connect_timeout = connect_timeout
+        self._conn: Conn | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> Conn:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._conn = None
+            if conn is not None:
+                await conn.close()
+            conn = await asyncio.wait_for(
+                AsyncConnection.connect(
+                    self._db.settings.conninfo, autocommit=True, row_factory=dict_row
+                ),
+                self._connect_timeout,
+            )
+            self._conn = conn
+        return conn
+
+    async def transaction(self, fn: Tx[T]) -> T:
+        """Run ``fn`` in one transaction; again on 40001/40P01 or a lost connection."""
+        return await self._run(fn, in_transaction=True)
+
+    async def statements(self, fn: Tx[T]) -> T:
+        """Run ``fn``, whose statements each commit on their own (autocommit)."""
+        return await self._run(fn, in_transaction=bool(self._db.fault_rate))
+
+    async def _run(self, fn: Tx[T], *, in_transaction: bool) -> T:
+        async with self._lock:
+            attempt = 0
+            reconnected = False
+            while True:
+                attempt += 1
+                conn = await self._connection()
+                try:
+                    if not in_transaction:
+                        return await fn(conn)
+                    async with conn.transaction():
+                        value = await fn(conn)
+                        await self._db.maybe_fail(conn)
+                    return value
+                except _RETRYABLE:
+                    if attempt >= self._db.max_attempts:
+                        raise
+                    self._db.retries += 1
+                except psycopg.OperationalError:
+                    if not conn.broken and not conn.closed:
+                        raise
+                    # The server went away (restart, failover, idle timeout): reconnect.
+                    await self.close_connection()
+                    if reconnected:
+                        raise
+                    reconnected = True
+                    continue
+                await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
+
+    async def close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+
 class Listener:
     """One LISTEN connection per store; calls every subscriber on each notification.
 
@@ -292,9 +368,17 @@ class GroupCommit:
     write cannot fail the others.
     """
 
-    def __init__(self, db: Database, query: str, *, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        db: Database,
+        query: str,
+        *,
+        max_batch: int = 256,
+        prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self._db = db
         self._query = query
+        self._prepare = prepare  # called on each write's parameters just before it is sent
         self._max_batch = max_batch
         self._queue: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -332,16 +416,17 @@ class GroupCommit:
                 _settle(future, value=value)
 
     async def _run(self, conn: Conn, *, batch: list[dict[str, Any]]) -> list[Any]:
+        prepare = self._prepare or _same
         if len(batch) == 1 and not self._db.fault_rate:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
-            row = await (await conn.execute(self._query, batch[0])).fetchone()
+            row = await (await conn.execute(self._query, prepare(batch[0]))).fetchone()
             return [None if row is None else next(iter(row.values()))]
         # BEGIN, the statements and COMMIT go out together: one round trip, one commit.
         cursors = []
         async with conn.pipeline(), conn.transaction():
             for params in batch:
                 cur = conn.cursor()
-                await cur.execute(self._query, params)
+                await cur.execute(self._query, prepare(params))
                 cursors.append(cur)
             await self._db.maybe_fail(conn)
         values = []
@@ -359,6 +444,10 @@ class GroupCommit:
             self.transactions += 1
             self.writes += 1
             _settle(future, value=values[0])
+
+
+def _same(params: dict[str, Any]) -> dict[str, Any]:
+    return params
 
 
 def _settle(

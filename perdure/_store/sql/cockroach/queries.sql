@@ -9,7 +9,7 @@ WITH due AS (
       AND w.task_queue = ANY(%(task_queues)s::text[])
       AND w.workflow_type = ANY(%(workflow_types)s::text[])
       AND w.parked_error IS NULL
-      AND (w.owner IS NULL OR w.lease_expires_at < %(now)s)
+      AND (w.owner IS NULL OR (w.lease_expires_at < %(now)s AND w.owner <> %(worker_id)s))
       AND (w.wake_at <= %(now)s OR EXISTS (
           SELECT 1 FROM perdure.inbox AS i
           WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id

@@ -27,13 +27,16 @@ WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = '
 SELECT * FROM perdure.workflows WHERE run_id = %(run_id)s;
 
 -- name: claim_runs
+-- A worker does not take back its own run when its lease ran out (its renewal came late):
+-- it still holds the run in memory, and its next renewal extends the lease again.
+-- Taking it again would adopt a second copy and run its pending activities twice.
 WITH due AS (
     SELECT run_id FROM perdure.workflows
     WHERE status = 'running' AND namespace = %(namespace)s
       AND task_queue = ANY(%(task_queues)s::text[])
       AND workflow_type = ANY(%(workflow_types)s::text[])
       AND wake_at <= %(now)s AND parked_error IS NULL
-      AND (owner IS NULL OR lease_expires_at < %(now)s)
+      AND (owner IS NULL OR (lease_expires_at < %(now)s AND owner <> %(worker_id)s))
     ORDER BY wake_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -60,7 +63,8 @@ SET next_event_seq = %(next_event_seq)s,
         THEN '1970-01-01 00:00:00+00'::timestamptz
         ELSE %(wake_at)s::timestamptz
     END,
-    lease_expires_at = %(lease_until)s::timestamptz,
+    -- never shorter than a renewal that ran while this step waited for a connection
+    lease_expires_at = GREATEST(lease_expires_at, %(lease_until)s::timestamptz),
     owner = CASE WHEN %(release)s THEN NULL ELSE owner END
 WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
   AND status = 'running';
@@ -122,9 +126,21 @@ ON CONFLICT (run_id, activity_id) DO UPDATE
 SET heartbeat_details = excluded.heartbeat_details;
 
 -- name: renew_leases
-UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
-WHERE owner = %(worker_id)s AND status = 'running'
-RETURNING run_id;
+-- The runs this worker holds. It renews the lease of those nobody has locked and never
+-- waits for a lock: a row locked by one of its own steps (which renews the lease itself
+-- when it commits) would otherwise hold up every renewal behind it until leases ran out.
+-- A row locked by another worker taking it over still counts as held until the next
+-- renewal sees the new owner; the fence of every step makes that harmless.
+WITH renewed AS (
+    UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
+    WHERE run_id IN (
+        SELECT run_id FROM perdure.workflows
+        WHERE owner = %(worker_id)s AND status = 'running'
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING run_id
+)
+SELECT run_id FROM perdure.workflows WHERE owner = %(worker_id)s AND status = 'running';
 
 -- name: release_run
 -- A message that arrived after the worker last read its inbox keeps the run due.
@@ -197,7 +213,7 @@ WITH due AS (
       AND t.task_queue = ANY(%(task_queues)s::text[])
       AND t.activity_type = ANY(%(activity_types)s::text[])
       AND t.visible_at <= %(now)s
-      AND (t.owner IS NULL OR t.lease_expires_at < %(now)s)
+      AND (t.owner IS NULL OR (t.lease_expires_at < %(now)s AND t.owner <> %(worker_id)s))
     ORDER BY t.visible_at LIMIT %(limit)s
     FOR UPDATE OF t SKIP LOCKED
 )
@@ -266,7 +282,7 @@ WITH fence AS (
             THEN '1970-01-01 00:00:00+00'::timestamptz
             ELSE %(wake_at)s::timestamptz
         END,
-        lease_expires_at = %(lease_until)s::timestamptz,
+        lease_expires_at = GREATEST(w.lease_expires_at, %(lease_until)s::timestamptz),
         owner = CASE WHEN %(release)s THEN NULL ELSE owner END
     WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
       AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
