@@ -136,7 +136,14 @@ def peer_availability(peers: list[str]) -> dict[str, str]:
     return out
 
 
-def machine_info(pg_version: str, commit: str) -> dict[str, Any]:
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return ""
+
+
+def machine_info(pg_version: str, commit: str, load_start: str) -> dict[str, Any]:
     import sqlite3
 
     mem = ""
@@ -157,9 +164,6 @@ def machine_info(pg_version: str, commit: str) -> dict[str, Any]:
             text=True,
         ).stdout.splitlines()
         disk = " ".join(out[-1].split()) if out else ""
-    load = ""
-    with contextlib.suppress(OSError):
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     from benchmarks.temporal_server import binary_version, find_binary
 
     binary = find_binary()
@@ -176,7 +180,8 @@ def machine_info(pg_version: str, commit: str) -> dict[str, Any]:
         "dbos": _version("dbos"),
         "temporalio": _version("temporalio"),
         "temporal cli": binary_version(binary).replace("\n", " ") if binary else "",
-        "load average at start": load,
+        "load average (1, 5, 15 min) at start": load_start,
+        "load average (1, 5, 15 min) at end": load_average(),
     }
 
 
@@ -407,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="perdure-bench-"))
     measured = perdure_commit()
+    load_start = load_average()
     pg_version = ""
     pg_settings: dict[str, str] = {}
     try:
@@ -455,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[dim]· {note}")
     console.print(f"[dim]· suite took {elapsed:.0f} s")
 
-    info = machine_info(pg_version, measured)
+    info = machine_info(pg_version, measured, load_start)
     payload = {
         "command": command_line(argv),
         "started_at": started_at.isoformat(timespec="seconds"),
