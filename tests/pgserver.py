@@ -124,20 +124,33 @@ class PostgresServer:
         )  # fmt: skip
         for attempt in range(3):
             self.port = _free_port()
-            options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 "
-                f"-c unix_socket_directories={self.folder} -c max_connections=300 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            )
             try:
                 self._run(
                     "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
-                    "-l", str(self.folder / "server.log"), "-o", options,
+                    "-l", str(self.folder / "server.log"), "-o", self._options(),
                 )  # fmt: skip
                 return
             except RuntimeError:
                 if attempt == 2:
                     raise
+
+    def _options(self) -> str:
+        return (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.folder} -c max_connections=300 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+
+    def restart(self) -> None:
+        """Stop the server the way an administrator's restart does, then start it again.
+
+        ``-m fast`` rolls back open transactions and closes every connection: clients see
+        their connections drop and must connect again. Same port, same data.
+        """
+        self._run(
+            "pg_ctl", "restart", "-w", "-t", "60", "-m", "fast", "-D", str(self.data),
+            "-l", str(self.folder / "server.log"), "-o", self._options(),
+        )  # fmt: skip
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -152,14 +165,27 @@ class PostgresServer:
 class Databases:
     """Creates databases on a server: templates once, then one clone per test."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, server: PostgresServer | None = None) -> None:
         import psycopg
 
         self.admin_url = admin_url
+        self.server = server  # None: an existing server (PERDURE_TEST_POSTGRES_URL)
         self._conn = psycopg.connect(admin_url, autocommit=True)
         self._templates: dict[str, str] = {}
         self._counter = itertools.count(1)
         self._prefix = f"perdure_t{os.getpid()}_"
+
+    def restart_server(self) -> None:
+        """Restart the session's server (``pg_ctl restart -m fast``): every connection drops."""
+        import psycopg
+
+        if self.server is None:
+            raise Unavailable("the server is not the session's own (PERDURE_TEST_POSTGRES_URL)")
+        self._conn.close()
+        try:
+            self.server.restart()
+        finally:
+            self._conn = psycopg.connect(self.admin_url, autocommit=True)
 
     def url_for(self, name: str, scheme: str = "postgresql") -> str:
         parts = urlsplit(self.admin_url)
@@ -238,7 +264,7 @@ def postgres_databases() -> Iterator[Databases]:
     server = PostgresServer()
     try:
         server.start()
-        dbs = Databases(server.url)
+        dbs = Databases(server.url, server)
         try:
             yield dbs
         finally:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import re
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache, partial
@@ -165,6 +166,7 @@ class Database:
                         max_size=self.settings.pool_max_size,
                         open=False,
                         name="perdure",
+                        check=_still_connected,
                     )
                     await pool.open(wait=True, timeout=30)
                     self._pool = pool
@@ -193,8 +195,12 @@ class Database:
         return await self.retrying(fn)
 
     async def read(self, fn: Tx[T]) -> T:
-        """Run ``fn`` outside a transaction block (each statement on its own)."""
-        return await self.retrying(fn)
+        """Run ``fn`` outside a transaction block (each statement on its own).
+
+        ``fn`` only reads, so it also runs again when its connection was lost (a server
+        restart): the pool connects anew, waiting for the server to be back.
+        """
+        return await self.retrying(fn, reconnect=True)
 
     async def maybe_fail(self, conn: Conn) -> None:
         """Tests: make a share of transactions fail as CockroachDB's sometimes do."""
@@ -202,19 +208,34 @@ class Database:
             self.injected += 1
             await conn.execute(_INJECT_40001)
 
-    async def retrying(self, fn: Tx[T]) -> T:
-        """Call ``fn`` with a pooled connection, again on a serialization failure."""
+    async def retrying(self, fn: Tx[T], *, reconnect: bool = False) -> T:
+        """Call ``fn`` with a pooled connection, again on a serialization failure.
+
+        A write whose connection broke is not sent again: it may have committed before
+        the answer was lost. The caller gets the error and works from what the database
+        holds (a worker hands the run back and replays it).
+        """
         pool = await self.pool()
         attempt = 0
+        lost = 0
         while True:
             attempt += 1
+            used: Conn | None = None
             try:
                 async with pool.connection() as conn:
+                    used = conn
                     return await fn(conn)
             except _RETRYABLE:
                 if attempt >= self.max_attempts:
                     raise
                 self.retries += 1
+            except psycopg.OperationalError:
+                if not reconnect or used is None or not (used.broken or used.closed):
+                    raise
+                lost += 1
+                if lost > 3:
+                    raise
+                log.warning("lost the database connection; reading again")
             await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
 
 
@@ -405,8 +426,12 @@ class GroupCommit:
                     future.cancel()
                 raise
             except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0][1], exc=exc)
+                # Lost connection, server shutting down, timeouts: the batch may have
+                # committed. Sending its writes again would meet their own commits (a
+                # step rejected by its own fence); the callers must look it up instead.
+                if len(batch) == 1 or isinstance(exc, psycopg.OperationalError):
+                    for _, future in batch:
+                        _settle(future, exc=exc)
                 else:
                     await asyncio.gather(*(self._alone(p, f) for p, f in batch))
                 continue
@@ -444,6 +469,23 @@ class GroupCommit:
             self.transactions += 1
             self.writes += 1
             _settle(future, value=values[0])
+
+
+async def _still_connected(conn: Conn) -> None:
+    """The pool's check of a connection it hands out; nearly free.
+
+    An idle connection has nothing to read unless the server sent something on its own:
+    most likely that it is closing the connection (a restart, an administrator, an idle
+    timeout). Only then is the connection tried, and dropped by the pool if it is gone.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        readable = True
+    if readable:
+        await conn.execute("")
 
 
 def _same(params: dict[str, Any]) -> dict[str, Any]:
