@@ -480,12 +480,20 @@ async def _still_connected(conn: Conn) -> None:
     """
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
-    try:
-        readable = bool(select.select([conn.fileno()], [], [], 0)[0])
-    except (OSError, ValueError):
-        readable = True
-    if readable:
+    if _readable(conn.fileno()):
         await conn.execute("")
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or hit end of file), without waiting."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _same(params: dict[str, Any]) -> dict[str, Any]:
