@@ -113,6 +113,7 @@ class Worker(ActivityExecution):
         self._pool: ThreadPoolExecutor | None = None
         self._adopting: set[asyncio.Task[None]] = set()
         self._remote: set[asyncio.Task[None]] = set()
+        self._adopting_ids: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._hand_backs: dict[str, tuple[datetime | None, str]] = {}
         self.clock = app._clock
@@ -327,7 +328,11 @@ class Worker(ActivityExecution):
             if victim.idle() and self.runs.get(victim.run_id) is victim:
                 self.stats.runs_evicted += 1
                 await self._release(victim)
+        adopting = {r for r in self._adopting_ids}
         for record in records:
+            if record.run_id in self.runs or record.run_id in adopting:
+                continue  # ours already: the claim only refreshed its lease
+            self._adopting_ids.add(record.run_id)
             task = asyncio.create_task(self._adopt(record))
             self._adopting.add(task)
             task.add_done_callback(self._adopting.discard)
@@ -418,6 +423,12 @@ class Worker(ActivityExecution):
 
     async def _adopt(self, record: RunRecord) -> None:
         """Bring a claimed run into memory: replay its history, resume what was pending."""
+        try:
+            await self._adopt_claimed(record)
+        finally:
+            self._adopting_ids.discard(record.run_id)
+
+    async def _adopt_claimed(self, record: RunRecord) -> None:
         runner = self._runner_for(record)
         try:
             history = await self.store.load_history(record.run_id)
