@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Temporal dev server on a SQLite file instead of its in-memory default",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
+    p.add_argument(
+        "--render",
+        default="",
+        metavar="RESULTS.json",
+        help="run nothing: print (and --markdown/--chart) the table of a saved --json run",
+    )
     p.add_argument("--json", dest="json_path", default="", help="write all figures here")
     p.add_argument("--markdown", default="", help="write (or update) a Markdown report")
     p.add_argument(
@@ -405,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Not a terminal (a pipe, a CI log): wide enough for the table on one line per row.
     console = Console() if sys.stdout.isatty() else Console(width=230)
+    if args.render:
+        return render(args, console)
     available = peer_availability(args.peer_list)
     jobs = plan(args, available)
     results: list[Result] = []
@@ -484,6 +492,28 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.markdown:
         write_markdown(Path(args.markdown), payload, rows, limits, args)
+    return 0
+
+
+def render(args: argparse.Namespace, console: Any) -> int:
+    """The table, Markdown and chart of a saved run, with the options it ran with."""
+    payload = json.loads(Path(args.render).read_text())
+    ran = parse_args(payload["command"].split()[3:])
+    results = [
+        Result(r["system"], r["backend"], r["workload"], r["status"], r["metrics"], r["error"])
+        for r in payload["results"]
+    ]
+    everything = Results(merge_limits(results))
+    rows = build_rows(everything, ran.backend_list, ran.peer_list, ran.workloads)
+    limits = limit_rows(everything, ran.backend_list)
+    console.print(rich_table(rows, limits, ran.peer_list))
+    for note in payload["notes"]:
+        console.print(f"[dim]· {note}")
+    if args.chart:
+        chart(rows, ran.peer_list, ran.backend_list, args.chart)
+    if args.markdown:
+        ran.markdown_section = args.markdown_section
+        write_markdown(Path(args.markdown), payload, rows, limits, ran)
     return 0
 
 

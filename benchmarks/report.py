@@ -290,15 +290,15 @@ def chart(rows: list[Row], peers: list[str], backends: list[str], path: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = {
-        ("W1", "workflows/s"): "",
-        ("W2", "steps/s"): "",
-        ("W4", "steps/s"): "",
-        ("W5", "children/s"): "",
-        ("W3", "p50 latency"): "ms",
-        ("W6", "memory per waiting wf"): "KB",
-        ("W6", "all done after last signal"): "s",
-        ("W7", "time to next step"): "s",
+    shown = {  # metric -> short label for the x axis
+        ("W1", "workflows/s"): "W1 workflows/s",
+        ("W2", "steps/s"): "W2 steps/s",
+        ("W4", "steps/s"): "W4 steps/s",
+        ("W5", "children/s (fan-out + gather)"): "W5 children/s",
+        ("W3", "p50 latency"): "W3 p50 (ms)",
+        ("W6", "memory per waiting wf"): "W6 KB per wf",
+        ("W6", "all done after last signal"): "W6 done after\nsignals (s)",
+        ("W7", "time to next step"): "W7 to next\nstep (s)",
     }
 
     def picked(r: Row) -> bool:
@@ -314,10 +314,7 @@ def chart(rows: list[Row], peers: list[str], backends: list[str], path: str) -> 
         (axes[0], up, "higher is better (log scale)"),
         (axes[1], down, "lower is better (log scale)"),
     ):
-        names = []
-        for r in group:
-            unit = shown[(r.workload, r.metric[:-2])]
-            names.append(f"{r.workload} {r.metric[:-2]}{f' ({unit})' if unit else ''}\n{r.backend}")
+        names = [f"{shown[(r.workload, r.metric[:-2])]}\n{r.backend}" for r in group]
         width = 0.8 / len(series)
         for j, s in enumerate(series):
             xs, ys = [], []

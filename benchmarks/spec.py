@@ -73,10 +73,7 @@ METRICS: dict[str, list[Metric]] = {
         Metric("p99_ms", "p99 latency", "ms", False),
     ],
     "W4": [Metric("steps_per_s", "steps/s", "/s", True)],
-    "W5": [
-        Metric("seconds", "fan-out+gather", "s", False),
-        Metric("children_per_s", "children/s", "/s", True),
-    ],
+    "W5": [Metric("children_per_s", "children/s (fan-out + gather)", "/s", True)],
     "W6": [
         Metric("kb_per_workflow", "memory per waiting wf", "KB", False),
         Metric("complete_after_last_signal_s", "all done after last signal", "s", False),
