@@ -36,6 +36,7 @@ class HeldRun:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     drain_task: asyncio.Task[None] | None = None
     closed: bool = False
+    starting: bool = False  # its start-and-first-step transaction has not committed yet
     last_used: float = field(default_factory=time.monotonic)
 
     @property

@@ -255,7 +255,8 @@ class Worker(ActivityExecution):
                     self.worker_id, utcnow() + timedelta(seconds=self.lease_duration)
                 )
                 for run_id, run in list(self.runs.items()):
-                    if run_id not in held and not run.closed:
+                    # A run whose start is still committing is not in the database yet.
+                    if run_id not in held and not run.closed and not run.starting:
                         log.warning("worker %s lost the lease of run %s", self.worker_id, run_id)
                         self._forget(run)
                 await self._flush_heartbeats()
@@ -363,11 +364,13 @@ class Worker(ActivityExecution):
         record = new_run.record()
         held = HeldRun(record=record, runner=self._runner_for(record), next_seq=1)
         self._start_input(held)
+        held.starting = True
         self.runs[record.run_id] = held
         try:
             async with held.lock:
                 inputs, held.inputs = held.inputs, []
                 await self._step(held, inputs, start=new_run)
+            held.starting = False
         except BaseException as exc:
             if self.runs.get(record.run_id) is held:
                 del self.runs[record.run_id]
