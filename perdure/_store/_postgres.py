@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from psycopg import errors
@@ -41,10 +42,13 @@ from perdure._store._postgres_db import (
     Dedicated,
     GroupCommit,
     Listener,
+    RawQuery,
     Settings,
+    Statement,
     dialect_queries,
     in_schema,
     parse_url,
+    pipelined,
 )
 from perdure._store._postgres_tx import (
     Row,
@@ -59,6 +63,8 @@ from perdure._store._postgres_tx import (
     run_from_row,
     schedule_from_row,
     schedule_params,
+    start_insert,
+    start_params,
     task_from_row,
 )
 from perdure._store._queries import migration_files
@@ -79,7 +85,9 @@ class PostgresStore(Store):
         self.tx = Statements(self.q)
         self.db = Database(self.settings, fault_rate=self._fault_rate())
         self._listener: Listener | None = None
-        self._group = GroupCommit(self.db, self.q["commit_step"], prepare=_fresh_lease)
+        self._group = GroupCommit(self.db, prepare=_fresh_lease)
+        self._step_query = RawQuery.parse(self.q["commit_step"])
+        self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)
         self._migrated = False
@@ -312,19 +320,35 @@ class PostgresStore(Store):
         if not is_plain(step):
             await self._commit_in_transaction(step)
             return
-        # Most steps touch only their own run's rows: one statement, grouped with others.
+        # Most steps touch only their own run's rows: one statement, grouped with others;
+        # a run's first step goes with its start (an insert that skips a taken id).
         params = plain_step_params(step)
         if step.lease_until is not None:  # counted from the commit, not the call (_claim)
             params["lease_ttl"] = step.lease_until - utcnow()
+        statements: list[Statement] = [(self._step_query, params)]
+        if step.start is not None:
+            start = start_params(step.start)
+            if step.start.lease_until is not None:
+                start["lease_ttl"] = step.start.lease_until - utcnow()
+            statements.insert(0, (self._start_query, start))
         if self.settings.group_commit:
-            fenced = await self._group.submit(params)
+            values = await self._group.submit(*statements)
         else:
-            row = await self.db.statement(
-                lambda conn: self._fetch_one(conn, self.q["commit_step"], _fresh_lease(params))
-            )
-            fenced = None if row is None else row["fenced"]
-        if fenced != 1:
-            raise StepRejected(step.run_id)
+            values = await self.db.statement(partial(self._alone, statements))
+        if values[-1] == 1:
+            return
+        if step.start is not None:  # the id is taken: the id policies decide
+            await self._commit_in_transaction(step)
+            return
+        raise StepRejected(step.run_id)
+
+    @staticmethod
+    async def _alone(statements: list[Statement], conn: Conn) -> list[Any]:
+        """Without group commit: the statements in one transaction, pipelined."""
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [await query.first(conn, _fresh_lease(params))]
+        return (await pipelined(conn, [statements], _fresh_lease))[0]
 
     async def _commit_in_transaction(self, step: StepCommit) -> None:
         # A step that also starts its run can meet a concurrent start of the same id: the
@@ -433,15 +457,15 @@ class PostgresStore(Store):
     async def save_heartbeat(self, run_id: str, activity: ActivityProgress) -> None:
         await self._lease_write(self.q["save_heartbeat"], progress_params(run_id, activity))
 
-    async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
+    async def renew_leases(self, worker_id: str, lease_until: datetime) -> dict[str, bool]:
         ttl = lease_until - utcnow()
 
-        async def statements(conn: Conn) -> set[str]:
+        async def statements(conn: Conn) -> dict[str, bool]:
             params = {"worker_id": worker_id, "lease_until": utcnow() + ttl}
             # Two statements, each its own transaction: no lock outlives its statement.
             await conn.execute(self.q["renew_task_leases"], params)
             rows = await (await conn.execute(self.q["renew_leases"], params)).fetchall()
-            return {r["run_id"] for r in rows}
+            return {r["run_id"]: r["renewed"] for r in rows}
 
         return await self._lease_conn.statements(statements)
 

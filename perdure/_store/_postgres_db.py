@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection, errors, sql
-from psycopg.rows import DictRow, dict_row
+from psycopg import AsyncConnection, AsyncRawCursor, errors, sql
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from perdure._store._queries import load_queries
@@ -111,7 +111,18 @@ def dialect_queries(dialects: tuple[str, ...], schema: str) -> dict[str, str]:
     merged: dict[str, str] = {}
     for dialect in dialects:
         merged.update(load_queries(dialect))
-    return {name: in_schema(text, schema) for name, text in merged.items()}
+    return {name: compact(in_schema(text, schema)) for name, text in merged.items()}
+
+
+def compact(query: str) -> str:
+    """A query without its comment lines and indentation.
+
+    psycopg parses a query's placeholders once and caches the result only for queries
+    of at most 4 KB (``MAX_CACHED_STATEMENT_LENGTH``); a longer one is parsed again at
+    every execution, which costs more than the statement's round trip.
+    """
+    lines = (line.strip() for line in query.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
 
 
 def split_statements(script: str) -> list[str]:
@@ -380,36 +391,74 @@ class Listener:
             backoff = min(backoff * 2, 5.0)
 
 
-class GroupCommit:
-    """Queue concurrent writes of one statement; run each batch in ONE transaction.
+_NAMED = re.compile(r"%\((\w+)\)s")
 
-    A batch goes out pipelined (one round trip, one commit). The statement must not fail
-    in normal operation (the step statement reports a lost fence as 0 rows, not as an
-    error); if it does, the batch is rolled back and each write retried alone, so one bad
-    write cannot fail the others.
+
+@dataclass(frozen=True, slots=True)
+class RawQuery:
+    """A named-parameter query turned into ``$1, $2, ...`` once, for a raw cursor.
+
+    psycopg parses a query's ``%(name)s`` placeholders at every execution unless the
+    query is at most 4 KB (then it caches the parse); the step statement is longer, and
+    parsing it cost more than its round trip. A raw cursor sends the text as it is.
+    """
+
+    text: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, query: str) -> RawQuery:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in names:
+                names.append(match.group(1))
+            return f"${names.index(match.group(1)) + 1}"
+
+        return cls(_NAMED.sub(number, query).replace("%%", "%"), tuple(names))
+
+    def args(self, params: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(params[name] for name in self.names)
+
+    async def first(self, conn: Conn, params: dict[str, Any]) -> Any:
+        """Run it; the first column of its first row (None without rows)."""
+        cur = AsyncRawCursor(conn, row_factory=tuple_row)
+        await cur.execute(self.text, self.args(params))
+        return _first(await cur.fetchone())
+
+
+Statement = tuple[RawQuery, dict[str, Any]]
+
+
+class GroupCommit:
+    """Queue concurrent writes; run each batch in ONE transaction.
+
+    A write is one or more statements (a run's start, then its first step) that apply
+    together. A batch goes out pipelined (one round trip, one commit). The statements must
+    not fail in normal operation (the step statement reports a lost fence as 0 rows, not
+    as an error); if one does, the batch is rolled back and each write retried alone, so
+    one bad write cannot fail the others.
     """
 
     def __init__(
         self,
         db: Database,
-        query: str,
         *,
         max_batch: int = 256,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self._db = db
-        self._query = query
-        self._prepare = prepare  # called on each write's parameters just before it is sent
+        self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
-        self._queue: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[list[Statement], asyncio.Future[list[Any]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.transactions = 0
         self.writes = 0
 
-    async def submit(self, params: dict[str, Any]) -> Any:
-        """The first column of the statement's first row, once it is committed."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((params, future))
+    async def submit(self, *statements: Statement) -> list[Any]:
+        """The first column of each statement's first row, once they are committed."""
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((list(statements), future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="perdure-group-commit")
         return await future
@@ -418,9 +467,9 @@ class GroupCommit:
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            params = [p for p, _ in batch]
+            writes = [w for w, _ in batch]
             try:
-                values = await self._db.retrying(partial(self._run, batch=params))
+                values = await self._db.retrying(partial(self._run, batch=writes))
             except asyncio.CancelledError:
                 for _, future in batch:
                     future.cancel()
@@ -433,42 +482,56 @@ class GroupCommit:
                     for _, future in batch:
                         _settle(future, exc=exc)
                 else:
-                    await asyncio.gather(*(self._alone(p, f) for p, f in batch))
+                    await asyncio.gather(*(self._alone(w, f) for w, f in batch))
                 continue
             self.transactions += 1
             self.writes += len(batch)
             for (_, future), value in zip(batch, values, strict=True):
                 _settle(future, value=value)
 
-    async def _run(self, conn: Conn, *, batch: list[dict[str, Any]]) -> list[Any]:
-        prepare = self._prepare or _same
-        if len(batch) == 1 and not self._db.fault_rate:
+    async def _run(self, conn: Conn, *, batch: list[list[Statement]]) -> list[list[Any]]:
+        prepare = self._prepare
+        if len(batch) == 1 and len(batch[0]) == 1 and not self._db.fault_rate:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
-            row = await (await conn.execute(self._query, prepare(batch[0]))).fetchone()
-            return [None if row is None else next(iter(row.values()))]
-        # BEGIN, the statements and COMMIT go out together: one round trip, one commit.
-        cursors = []
-        async with conn.pipeline(), conn.transaction():
-            for params in batch:
-                cur = conn.cursor()
-                await cur.execute(self._query, prepare(params))
-                cursors.append(cur)
-            await self._db.maybe_fail(conn)
-        values = []
-        for cur in cursors:
-            row = await cur.fetchone()
-            values.append(None if row is None else next(iter(row.values())))
-        return values
+            query, params = batch[0][0]
+            return [[await query.first(conn, prepare(params))]]
+        return await pipelined(conn, batch, prepare, self._db.maybe_fail)
 
-    async def _alone(self, params: dict[str, Any], future: asyncio.Future[Any]) -> None:
+    async def _alone(self, write: list[Statement], future: asyncio.Future[list[Any]]) -> None:
         try:
-            values = await self._db.retrying(partial(self._run, batch=[params]))
+            values = await self._db.retrying(partial(self._run, batch=[write]))
         except Exception as exc:
             _settle(future, exc=exc)
         else:
             self.transactions += 1
             self.writes += 1
             _settle(future, value=values[0])
+
+
+async def pipelined(
+    conn: Conn,
+    writes: list[list[Statement]],
+    prepare: Callable[[dict[str, Any]], dict[str, Any]],
+    before_commit: Callable[[Conn], Awaitable[None]] | None = None,
+) -> list[list[Any]]:
+    """Run the writes in ONE transaction: BEGIN, the statements and COMMIT go out together
+    (one round trip, one commit). The first column of each statement's first row."""
+    cursors: list[list[AsyncRawCursor[tuple[Any, ...]]]] = []
+    async with conn.pipeline(), conn.transaction():
+        for write in writes:
+            mine = []
+            for query, params in write:
+                cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                await cur.execute(query.text, query.args(prepare(params)))
+                mine.append(cur)
+            cursors.append(mine)
+        if before_commit is not None:
+            await before_commit(conn)
+    return [[_first(await cur.fetchone()) for cur in mine] for mine in cursors]
+
+
+def _first(row: tuple[Any, ...] | None) -> Any:
+    return None if row is None else row[0]
 
 
 async def _still_connected(conn: Conn) -> None:

@@ -126,11 +126,12 @@ ON CONFLICT (run_id, activity_id) DO UPDATE
 SET heartbeat_details = excluded.heartbeat_details;
 
 -- name: renew_leases
--- The runs this worker holds. It renews the lease of those nobody has locked and never
--- waits for a lock: a row locked by one of its own steps (which renews the lease itself
--- when it commits) would otherwise hold up every renewal behind it until leases ran out.
--- A row locked by another worker taking it over still counts as held until the next
--- renewal sees the new owner; the fence of every step makes that harmless.
+-- The runs this worker holds, and whether this renewal extended each lease. It renews
+-- those nobody has locked and never waits for a lock: a row locked by one of its own
+-- steps (which renews the lease itself when it commits) would otherwise hold up every
+-- renewal behind it until leases ran out. A row locked by another worker taking it over
+-- still counts as held, not renewed, until the next renewal sees the new owner: the
+-- worker starts nothing new for a run whose lease it cannot extend.
 WITH renewed AS (
     UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
     WHERE run_id IN (
@@ -140,7 +141,8 @@ WITH renewed AS (
     )
     RETURNING run_id
 )
-SELECT run_id FROM perdure.workflows WHERE owner = %(worker_id)s AND status = 'running';
+SELECT w.run_id, EXISTS (SELECT 1 FROM renewed r WHERE r.run_id = w.run_id) AS renewed
+FROM perdure.workflows w WHERE w.owner = %(worker_id)s AND w.status = 'running';
 
 -- name: release_run
 -- A message that arrived after the worker last read its inbox keeps the run due.
@@ -267,32 +269,56 @@ UPDATE perdure.workflows SET next_event_seq = next_event_seq + 1
 WHERE run_id = %(run_id)s RETURNING next_event_seq - 1 AS seq;
 
 -- name: commit_step
--- PostgreSQL only: a step that touches only its own run's rows (no close, children,
--- messages, replies or search attributes) in ONE statement, one round trip. Every change
--- applies only if the fence matched; the statement returns how many rows it fenced (1, or
--- 0 when the run is no longer ours).
-WITH fence AS (
+-- PostgreSQL only: a step that touches only its own run's rows, plus what its close
+-- means for its parent and for updates still waiting (a close with no children to close
+-- and no continue-as-new; steps that start children, send messages or reply to updates
+-- take the transaction path), in ONE statement, one round trip. Every change applies
+-- only if the fence matched; the statement returns how many rows it fenced (1, or 0 when
+-- the run is no longer ours). Events and new tasks arrive as JSON arrays (one text
+-- parameter each, cheap to send); json_to_recordset keeps each attributes text as written.
+WITH p AS (
+    SELECT %(status)s::text AS status, %(result)s::jsonb AS result, %(error)s::jsonb AS error,
+           %(closed_at)s::timestamptz AS closed_at, %(consumed_inbox)s::bigint[] AS consumed,
+           %(patch)s::jsonb AS patch
+), fence AS (
     UPDATE perdure.workflows AS w
     SET next_event_seq = %(next_event_seq)s,
         wake_at = CASE
+            WHEN p.status IS NOT NULL THEN NULL
             WHEN EXISTS (SELECT 1 FROM perdure.inbox i
                          WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
                            AND (i.run_id IS NULL OR i.run_id = w.run_id)
-                           AND i.inbox_id <> ALL(%(consumed_inbox)s::bigint[]))
-            THEN '1970-01-01 00:00:00+00'::timestamptz
+                           AND i.inbox_id <> ALL(p.consumed))
+            THEN 'epoch'::timestamptz
             ELSE %(wake_at)s::timestamptz
         END,
-        lease_expires_at = GREATEST(w.lease_expires_at, %(lease_until)s::timestamptz),
-        owner = CASE WHEN %(release)s THEN NULL ELSE owner END
+        -- never shorter than a renewal that ran while this step waited for a connection
+        lease_expires_at = CASE
+            WHEN p.status IS NOT NULL THEN NULL
+            ELSE GREATEST(w.lease_expires_at, %(lease_until)s::timestamptz)
+        END,
+        owner = CASE WHEN %(release)s OR p.status IS NOT NULL THEN NULL ELSE owner END,
+        status = COALESCE(p.status, w.status),
+        result = CASE WHEN p.status IS NULL THEN w.result ELSE p.result END,
+        error = CASE WHEN p.status IS NULL THEN w.error ELSE p.error END,
+        closed_at = CASE
+            WHEN p.status IS NULL THEN w.closed_at ELSE p.closed_at
+        END,
+        search_attributes = CASE
+            WHEN p.patch IS NULL THEN w.search_attributes
+            ELSE jsonb_strip_nulls(w.search_attributes || p.patch)
+        END
+    FROM p
     WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
       AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
-    RETURNING w.run_id
+    RETURNING w.run_id, w.namespace, w.workflow_id, w.workflow_type, w.parent_run_id,
+              w.child_id
 ), appended AS (
     INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
-    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes::json, e.created_at
-    FROM fence, unnest(%(seqs)s::integer[], %(event_types)s::text[], %(names)s::text[],
-                       %(attributes)s::text[], %(created_ats)s::timestamptz[])
-                AS e(seq, event_type, name, attributes, created_at)
+    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
+    FROM fence, json_to_recordset(%(events)s::json)
+                AS e(seq integer, event_type text, name text, attributes json,
+                     created_at timestamptz)
 ), finished AS (
     DELETE FROM perdure.tasks
     WHERE run_id = %(run_id)s AND activity_id = ANY(%(finished_tasks)s::integer[])
@@ -300,17 +326,56 @@ WITH fence AS (
 ), added AS (
     INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
                                label, args, options, attempt, scheduled_at, visible_at)
-    SELECT %(namespace)s, fence.run_id, t.activity_id, t.activity_type, t.task_queue, t.label,
-           t.args::jsonb, t.options::jsonb, 1, t.scheduled_at, t.visible_at
-    FROM fence, unnest(%(task_ids)s::integer[], %(task_types)s::text[],
-                       %(task_queues)s::text[], %(task_labels)s::text[], %(task_args)s::text[],
-                       %(task_options)s::text[], %(task_scheduled)s::timestamptz[],
-                       %(task_visible)s::timestamptz[])
-                AS t(activity_id, activity_type, task_queue, label, args, options, scheduled_at,
-                     visible_at)
+    SELECT fence.namespace, fence.run_id, t.activity_id, t.activity_type, t.task_queue,
+           t.label, t.args, t.options, 1, t.scheduled_at, t.visible_at
+    FROM fence, json_to_recordset(%(tasks)s::json)
+                AS t(activity_id integer, activity_type text, task_queue text, label text,
+                     args jsonb, options jsonb, scheduled_at timestamptz,
+                     visible_at timestamptz)
 ), consumed AS (
-    DELETE FROM perdure.inbox
-    WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)
+    DELETE FROM perdure.inbox USING p
+    WHERE inbox_id = ANY(p.consumed) AND EXISTS (SELECT 1 FROM fence)
+), to_parent AS (
+    -- A child's outcome goes to its parent's inbox, if the parent still runs.
+    INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload, created_at)
+    SELECT pw.namespace, pw.workflow_id, pw.run_id, 'child_result', fence.workflow_type,
+           jsonb_build_array(jsonb_build_object(
+               'child_id', fence.child_id, 'workflow_id', fence.workflow_id,
+               'run_id', fence.run_id, 'status', p.status,
+               'result', p.result, 'error', p.error)),
+           p.closed_at
+    FROM p, fence JOIN perdure.workflows AS pw
+      ON pw.run_id = fence.parent_run_id AND pw.status = 'running'
+    WHERE p.status IS NOT NULL
+), unanswered AS (
+    -- Updates still waiting when the run closes are rejected.
+    DELETE FROM perdure.inbox AS i USING p, fence
+    WHERE p.status IS NOT NULL AND i.kind = 'update'
+      AND i.namespace = fence.namespace AND i.workflow_id = fence.workflow_id
+      AND (i.run_id IS NULL OR i.run_id = fence.run_id)
+      AND i.inbox_id <> ALL(p.consumed)
+    RETURNING (CASE WHEN jsonb_typeof(i.payload) = 'array' THEN i.payload -> 0
+                    ELSE i.payload END) ->> 'update_id' AS update_id,
+              fence.workflow_id
+), rejected AS (
+    INSERT INTO perdure.replies (reply_id, run_id, outcome, created_at)
+    SELECT u.update_id, %(run_id)s,
+           jsonb_build_object('rejected', true, 'error', jsonb_build_object(
+               'type', 'UpdateRejectedError',
+               -- the text of Python's f"workflow {workflow_id!r} closed ({status}) first"
+               'message', 'workflow '
+                   || CASE WHEN strpos(u.workflow_id, '''') > 0
+                                AND strpos(u.workflow_id, '"') = 0
+                           THEN '"' || replace(u.workflow_id, '\', '\\') || '"'
+                           ELSE '''' || replace(replace(u.workflow_id, '\', '\\'),
+                                                '''', '\''') || ''''
+                      END
+                   || ' closed (' || p.status || ') first')),
+           p.closed_at
+    FROM p, unanswered AS u
+    WHERE u.update_id IS NOT NULL AND u.update_id <> ''
+    ON CONFLICT (reply_id) DO UPDATE
+    SET run_id = excluded.run_id, outcome = excluded.outcome, created_at = excluded.created_at
 )
 SELECT count(*) AS fenced FROM fence;
 
