@@ -116,8 +116,15 @@ class WorkflowHandle(Generic[R]):
         deadline = None if seconds is None else time.monotonic() + seconds
         run_id = self.run_id
         while True:
-            rec = await self._record(run_id)
-            if rec.status == WorkflowStatus.RUNNING:
+            rec: RunRecord | None = None
+            if run_id is not None and self.app._live_runner(run_id) is not None:
+                # This process's worker holds the run: it is running, and its close wakes
+                # us at once (no need to ask the database first).
+                current, status = run_id, WorkflowStatus.RUNNING
+            else:
+                rec = await self._record(run_id)
+                current, status = rec.run_id, WorkflowStatus(rec.status)
+            if status == WorkflowStatus.RUNNING:
                 wait = 30.0  # woken by the close, here or (via the app's watcher) elsewhere
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -127,30 +134,26 @@ class WorkflowHandle(Generic[R]):
                             timeout_type="result",
                         )
                     wait = min(wait, left)
-                close = await self.app._wait_closed(rec.run_id, wait)
+                close = await self.app._wait_closed(current, wait)
                 if close is None:  # closed elsewhere (or not yet): read the row again
-                    run_id = rec.run_id
+                    run_id = current
                     continue
                 status, result, error, next_run = (
-                    close.status,
+                    WorkflowStatus(close.status),
                     close.result,
                     close.error,
                     close.continued_run_id,
                 )
             else:
-                status, result, error, next_run = (
-                    rec.status,
-                    rec.result,
-                    rec.error,
-                    rec.continued_run_id,
-                )
+                assert rec is not None
+                result, error, next_run = rec.result, rec.error, rec.continued_run_id
             if status == WorkflowStatus.CONTINUED_AS_NEW and next_run:
                 run_id = next_run
                 continue
             if status == WorkflowStatus.COMPLETED:
                 value: R = from_jsonable(result, self._result_type, what="workflow result")
                 return value
-            raise _failed(rec.workflow_id, rec.run_id, status, error)
+            raise _failed(self.workflow_id, current, status, error)
 
     async def describe(self) -> WorkflowDescription:
         return WorkflowDescription.from_record(await self._record())
