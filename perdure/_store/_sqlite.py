@@ -32,6 +32,8 @@ from perdure._store._sqlite_tx import (
     commit_step,
     dumps,
     event_from_row,
+    fmt,
+    fmt_opt,
     inbox_from_row,
     insert_inbox,
     insert_run,
@@ -42,7 +44,7 @@ from perdure._store._sqlite_tx import (
     schedule_from_row,
     terminate,
 )
-from perdure._store._times import fmt, fmt_opt, parse
+from perdure._store._times import parse
 
 
 class SQLiteStore(Store):
@@ -363,12 +365,14 @@ class SQLiteStore(Store):
         params = progress_params(run_id, activity)
         await self.db.write(lambda conn: conn.execute(_Q["save_heartbeat"], params))
 
-    async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
+    async def renew_leases(self, worker_id: str, lease_until: datetime) -> dict[str, bool]:
         params = {"worker_id": worker_id, "lease_until": fmt(lease_until)}
 
-        def tx(conn: sqlite3.Connection) -> set[str]:
+        def tx(conn: sqlite3.Connection) -> dict[str, bool]:
+            # One writer at a time: every run still ours is renewed.
             conn.execute(_Q["renew_task_leases"], params)
-            return {r["run_id"] for r in conn.execute(_Q["renew_leases"], params).fetchall()}
+            rows = conn.execute(_Q["renew_leases"], params).fetchall()
+            return {r["run_id"]: True for r in rows}
 
         return await self.db.write(tx)
 
