@@ -209,6 +209,60 @@ class SQLiteDB:
         *,
         retry_busy: bool,
     ) -> None:
+        """Run writes in one transaction; a failing write does not undo the others.
+
+        Savepoints cost two statements per write, so they are used only when needed:
+        a write that fails having changed nothing (a fence that matched no row, a
+        refused start) is simply reported; one that fails having changed something
+        rolls the whole group back, which then runs again with a savepoint per write.
+        """
+        try:
+            self._begin(conn, retry_busy=retry_busy)
+        except _Busy:
+            raise
+        except Exception as exc:
+            done.extend((call, False, exc) for call in calls)
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        failed: Exception | None = None
+        try:
+            for call in calls:
+                before = conn.total_changes
+                try:
+                    outcomes.append((True, call.fn(conn)))
+                except Exception as exc:
+                    if conn.total_changes == before and conn.in_transaction:
+                        outcomes.append((False, exc))
+                        continue
+                    failed = exc  # it left changes behind, or lost the transaction
+                    break
+            if failed is None:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            done.extend((call, False, exc) for call in calls)
+            return
+        if failed is None:
+            self._committed(calls, outcomes, done)
+            return
+        if len(calls) == 1:
+            # Nothing else to protect: rolling back was the savepoint's whole job.
+            done.append((calls[0], False, failed))
+            return
+        self._run_writes_isolated(conn, calls, done, retry_busy=retry_busy)
+
+    def _run_writes_isolated(
+        self,
+        conn: sqlite3.Connection,
+        calls: list[_Call],
+        done: list[tuple[_Call, bool, Any]],
+        *,
+        retry_busy: bool,
+    ) -> None:
+        """Run writes in one transaction, each in its own savepoint."""
         outcomes: list[tuple[bool, Any]] = []
         try:
             self._begin(conn, retry_busy=retry_busy)
@@ -233,6 +287,14 @@ class SQLiteDB:
                 conn.execute("ROLLBACK")
             done.extend((call, False, exc) for call in calls)
             return
+        self._committed(calls, outcomes, done)
+
+    def _committed(
+        self,
+        calls: list[_Call],
+        outcomes: list[tuple[bool, Any]],
+        done: list[tuple[_Call, bool, Any]],
+    ) -> None:
         self.commits += 1
         self.grouped_writes += len(calls)
         done.extend((call, ok, value) for call, (ok, value) in zip(calls, outcomes, strict=True))

@@ -1,0 +1,105 @@
+"""SQLite group commit without a savepoint per write: a failing write still undoes
+only itself, whether it changed something before failing or not, in both I/O modes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from perdure._store._sqlite_db import SQLiteDB
+
+
+class Boom(Exception):
+    pass
+
+
+def insert(value: str, *, then_fail: bool = False) -> Callable[[sqlite3.Connection], str]:
+    def tx(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+        if then_fail:
+            raise Boom(value)
+        return value
+
+    return tx
+
+
+def fail_clean(conn: sqlite3.Connection) -> None:
+    # Changes nothing before failing, like a fence that matched no row.
+    conn.execute("UPDATE t SET v = 'never' WHERE v = 'absent'")
+    raise Boom("clean")
+
+
+def fail_in_statement(conn: sqlite3.Connection) -> None:
+    # The statement itself is refused (and undone by SQLite) after a row went in.
+    conn.executemany("INSERT INTO u (k) VALUES (?)", [(1,), (1,)])
+
+
+async def open_db(tmp_path: Path, io: str) -> SQLiteDB:
+    db = SQLiteDB(str(tmp_path / "g.db"), io=io)
+
+    def schema(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE t (v TEXT NOT NULL)")
+        conn.execute("CREATE TABLE u (k INTEGER PRIMARY KEY)")
+
+    await db.write(schema)
+    return db
+
+
+async def rows(db: SQLiteDB) -> list[str]:
+    return await db.read(lambda c: [r[0] for r in c.execute("SELECT v FROM t ORDER BY v")])
+
+
+@pytest.mark.parametrize("io", ["loop", "thread"])
+async def test_failing_writes_in_a_group_undo_only_themselves(tmp_path: Path, io: str) -> None:
+    db = await open_db(tmp_path, io)
+    try:
+        outcomes = await asyncio.gather(
+            db.write(insert("a")),
+            db.write(insert("b", then_fail=True)),  # changed a row, then failed
+            db.write(insert("c")),
+            db.write(fail_clean),
+            db.write(fail_in_statement),
+            db.write(insert("d")),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == "a" and outcomes[2] == "c" and outcomes[5] == "d"
+        assert isinstance(outcomes[1], Boom) and isinstance(outcomes[3], Boom)
+        assert isinstance(outcomes[4], sqlite3.IntegrityError)
+        assert await rows(db) == ["a", "c", "d"]
+        assert await db.read(lambda c: c.execute("SELECT count(*) FROM u").fetchone()[0]) == 0
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("io", ["loop", "thread"])
+async def test_a_lone_failing_write_is_rolled_back(tmp_path: Path, io: str) -> None:
+    db = await open_db(tmp_path, io)
+    try:
+        with pytest.raises(Boom):
+            await db.write(insert("x", then_fail=True))
+        with pytest.raises(Boom):
+            await db.write(fail_clean)
+        assert await db.write(insert("y")) == "y"
+        assert await rows(db) == ["y"]
+    finally:
+        await db.close()
+
+
+async def test_groups_after_a_rerun_keep_working(tmp_path: Path) -> None:
+    db = await open_db(tmp_path, "loop")
+    try:
+        for round_ in range(3):
+            outcomes = await asyncio.gather(
+                *(db.write(insert(f"{round_}-{i}", then_fail=i % 3 == 1)) for i in range(9)),
+                return_exceptions=True,
+            )
+            assert [isinstance(o, Boom) for o in outcomes] == [i % 3 == 1 for i in range(9)]
+        assert await rows(db) == sorted(
+            f"{r}-{i}" for r in range(3) for i in range(9) if i % 3 != 1
+        )
+    finally:
+        await db.close()
