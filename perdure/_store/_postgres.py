@@ -83,7 +83,11 @@ class PostgresStore(Store):
         self.schema = self.settings.schema
         self.q = dialect_queries(self._query_dialects, self.schema)
         self.tx = Statements(self.q)
-        self.db = Database(self.settings, fault_rate=self._fault_rate())
+        self.db = Database(
+            self.settings,
+            fault_rate=self._fault_rate(),
+            generic_plans=self.dialect == "postgres",
+        )
         self._listener: Listener | None = None
         self._group = GroupCommit(self.db, prepare=_fresh_lease)
         self._step_query = RawQuery.parse(self.q["commit_step"])

@@ -156,9 +156,11 @@ class Database:
         *,
         max_attempts: int = 30,
         fault_rate: float = 0.0,
+        generic_plans: bool = False,
     ) -> None:
         self.settings = settings
         self.max_attempts = max_attempts
+        self.generic_plans = generic_plans
         self.fault_rate = fault_rate  # tests: share of transactions made to fail with 40001
         self.retries = 0
         self.injected = 0
@@ -178,6 +180,7 @@ class Database:
                         open=False,
                         name="perdure",
                         check=_still_connected,
+                        configure=_generic_plans if self.generic_plans else None,
                     )
                     await pool.open(wait=True, timeout=30)
                     self._pool = pool
@@ -532,6 +535,16 @@ async def pipelined(
 
 def _first(row: tuple[Any, ...] | None) -> Any:
     return None if row is None else row[0]
+
+
+async def _generic_plans(conn: Conn) -> None:
+    """Plan each prepared statement once per connection (PostgreSQL).
+
+    perdure's statements are index lookups whose best plan does not depend on the
+    values. Left to choose, PostgreSQL plans the step statement (a dozen CTEs) anew at
+    nearly every execution, and that planning costs more than running it.
+    """
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 async def _still_connected(conn: Conn) -> None:
