@@ -29,10 +29,14 @@ def to_jsonable(value: Any, *, what: str = "value") -> Any:
     try:
         return pydantic_core.to_jsonable_python(value)
     except pydantic_core.PydanticSerializationError as exc:
-        raise PayloadError(
-            f"{what} is not serializable to JSON ({type(value).__name__}): {exc}; "
-            "use JSON values, dataclasses or pydantic models"
-        ) from None
+        raise _not_serializable(value, what, exc) from None
+
+
+def _not_serializable(value: Any, what: str, exc: Exception) -> PayloadError:
+    return PayloadError(
+        f"{what} is not serializable to JSON ({type(value).__name__}): {exc}; "
+        "use JSON values, dataclasses or pydantic models"
+    )
 
 
 def dumps(value: Any, *, what: str = "value") -> str:
@@ -51,6 +55,8 @@ def dumps(value: Any, *, what: str = "value") -> str:
 
 def check_size(value: Any, *, what: str) -> None:
     """Reject payloads over the limit (JSON values only: call after ``to_jsonable``)."""
+    if _obviously_small(value):
+        return
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
     except ValueError as exc:
@@ -60,6 +66,30 @@ def check_size(value: Any, *, what: str) -> None:
             f"{what} are {size} bytes of JSON, over the {MAX_PAYLOAD_BYTES}-byte limit; "
             "store large data elsewhere and pass a reference"
         )
+
+
+_SMALL_SCALARS = (int, bool, type(None))
+_SHORT_STR = 4096  # 64 of these, every character escaped (6 bytes), stay under the limit
+
+
+def _obviously_small(value: Any) -> bool:
+    """A short list of finite scalars and short strings: valid and under the limit.
+
+    Encoding arguments only to measure them costs as much as encoding them for the
+    store; most activity arguments are a few ids and numbers, so skip that for them.
+    """
+    if type(value) is not list or len(value) > 64:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind in _SMALL_SCALARS:
+            continue
+        if kind is str and len(item) <= _SHORT_STR:
+            continue
+        if kind is float and item - item == 0.0:  # not NaN or infinite
+            continue
+        return False
+    return True
 
 
 def loads(text: str | None) -> Any:
@@ -72,6 +102,7 @@ def _adapter(hint: Any) -> pydantic.TypeAdapter[Any]:
 
 
 _PLAIN = (int, str, float, bool, dict, list)
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def from_jsonable(value: Any, hint: Any, *, what: str = "value") -> Any:
@@ -134,27 +165,36 @@ class Signature:
     def encode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:
         self.check_args(args, kind=kind)
         out = []
+        to_python = pydantic_core.to_jsonable_python
         for i, value in enumerate(args):
-            name = self.params[i].name if i < len(self.params) else f"#{i}"
-            out.append(to_jsonable(value, what=f"argument {name!r} of {kind} {self.name!r}"))
+            try:
+                out.append(to_python(value))
+            except pydantic_core.PydanticSerializationError as exc:
+                # The message is built only when needed: this runs for every activity.
+                name = self.params[i].name if i < len(self.params) else f"#{i}"
+                what = f"argument {name!r} of {kind} {self.name!r}"
+                raise _not_serializable(value, what, exc) from None
         check_size(out, what=f"the arguments of {kind} {self.name!r}")
         return out
 
     def decode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:
         self.check_args(args, kind=kind)
         out = []
+        params, hints = self.params, self.hints
         for i, value in enumerate(args):
-            if i < len(self.params) and self.params[i].kind in (
-                inspect.Parameter.POSITIONAL_ONLY,
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            ):
-                name = self.params[i].name
-                out.append(
-                    from_jsonable(value, self.hints[i], what=f"argument {name!r} of {self.name!r}")
-                )
+            if i < len(params) and params[i].kind in _POSITIONAL:
+                hint = hints[i]
+                if hint is Any or (type(value) is hint and hint in _PLAIN):
+                    out.append(value)  # nothing to convert: skip the message, too
+                    continue
+                name = params[i].name
+                out.append(from_jsonable(value, hint, what=f"argument {name!r} of {self.name!r}"))
             else:
                 out.append(value)
         return out
 
     def decode_result(self, value: Any) -> Any:
-        return from_jsonable(value, self.return_hint, what=f"result of {self.name!r}")
+        hint = self.return_hint
+        if hint is Any or (type(value) is hint and hint in _PLAIN):
+            return value
+        return from_jsonable(value, hint, what=f"result of {self.name!r}")

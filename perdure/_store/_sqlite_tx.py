@@ -62,10 +62,15 @@ def fmt(value: datetime) -> str:
     last = _last_fmt
     if value is last[0]:
         return last[1]
-    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-    text = utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+    text = fmt_once(value)
     _last_fmt = (value, text)
     return text
+
+
+def fmt_once(value: datetime) -> str:
+    """``fmt`` for a time no other column of the step shares (keeps the cache for ``now``)."""
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
 def fmt_opt(value: datetime | None) -> str | None:
@@ -328,7 +333,7 @@ def fence(conn: sqlite3.Connection, step: StepCommit) -> int:
     """Move the run's row on if this worker still holds it as last seen; the row count."""
     next_seq = step.expected_seq + len(step.events)
     wake_at = None if step.wake_at is None else fmt(step.wake_at)
-    lease_until = None if step.lease_until is None else fmt(step.lease_until)
+    lease_until = None if step.lease_until is None else fmt_once(step.lease_until)
     if step.release:
         params: dict[str, Any] | tuple[Any, ...] = {
             "run_id": step.run_id,

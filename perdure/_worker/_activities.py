@@ -80,7 +80,7 @@ class PendingActivity:
 
     def apply_defaults(self, options: ActivityOptions) -> None:
         """Fill what the call left open with the executing worker's registered defaults."""
-        self.retry = self.retry or options.retry or RetryPolicy()
+        self.retry = self.retry or options.retry or _DEFAULT_RETRY
         if self.start_to_close is None:
             self.start_to_close = options.start_to_close_timeout
         if self.schedule_to_close is None:
@@ -122,6 +122,10 @@ class Slots:
                 fut.set_result(None)
                 return
         self.free += 1
+
+
+_DEFAULT_RETRY = RetryPolicy()  # frozen: one instance serves every activity without a policy
+_SCALARS = frozenset({int, str, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +228,8 @@ async def _watch(
 
 
 def _success(defn: ActivityDefinition, value: Any) -> Outcome:
+    if type(value) in _SCALARS:
+        return Outcome(True, value=value)  # to_jsonable would return it unchanged
     try:
         return Outcome(True, value=to_jsonable(value, what=f"result of {defn.name!r}"))
     except TypeError as exc:

@@ -207,22 +207,23 @@ _PLANNERS: dict[str, Planner] = {
 
 
 def wake_after(run: HeldRun, plan: Plan, now: datetime) -> datetime | None:
+    """The run's next wake-up: its earliest timer or activity attempt, or now."""
     if plan.close is not None:
         return None
-    times = [
-        fire_at
-        for timer_id, (fire_at, _) in run.timers.items()
-        if timer_id not in plan.canceled_timers
-    ]
-    times += [
-        fire_at for timer_id, fire_at in plan.new_timers if timer_id not in plan.canceled_timers
-    ]
-    times += [
-        a.visible_at
-        for a in run.activities.values()
-        if a.activity_id not in plan.canceled_activities
-    ]
-    times += [now for a in plan.new_activities if a.activity_id not in plan.canceled_activities]
-    if run.inputs:
-        times.append(now)
-    return min(times) if times else None
+    canceled_timers = plan.canceled_timers
+    canceled_activities = plan.canceled_activities
+    wake: datetime | None = now if run.inputs else None
+    for act in plan.new_activities:
+        if act.activity_id not in canceled_activities:
+            wake = now
+            break
+    for act in run.activities.values():
+        if act.activity_id not in canceled_activities and (wake is None or act.visible_at < wake):
+            wake = act.visible_at
+    for timer_id, (fire_at, _) in run.timers.items():
+        if timer_id not in canceled_timers and (wake is None or fire_at < wake):
+            wake = fire_at
+    for timer_id, fire_at in plan.new_timers:
+        if timer_id not in canceled_timers and (wake is None or fire_at < wake):
+            wake = fire_at
+    return wake

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+_NO_OPTIONS = ActivityOptions()
+
 
 class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The workflow's logger: tagged with its ids, and silent while it replays."""
@@ -112,14 +114,23 @@ class WorkflowContext:
         """Run an activity and return its result; failures raise ``ActivityError``."""
         runner = self._runner
         defn = self._resolve_activity(fn)
-        overrides = ActivityOptions.build(
-            retry=retry,
-            start_to_close_timeout=start_to_close_timeout,
-            schedule_to_close_timeout=schedule_to_close_timeout,
-            heartbeat_timeout=heartbeat_timeout,
-            task_queue=task_queue,
-        )
-        options = overrides.merged_over(defn.options) if defn else overrides
+        if (
+            retry is None
+            and start_to_close_timeout is None
+            and schedule_to_close_timeout is None
+            and heartbeat_timeout is None
+            and task_queue is None
+        ):
+            options = defn.options if defn else _NO_OPTIONS  # the common call: no overrides
+        else:
+            overrides = ActivityOptions.build(
+                retry=retry,
+                start_to_close_timeout=start_to_close_timeout,
+                schedule_to_close_timeout=schedule_to_close_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                task_queue=task_queue,
+            )
+            options = overrides.merged_over(defn.options) if defn else overrides
         activity_type = defn.name if defn else str(fn)
         if defn is not None:
             encoded = defn.signature.encode_args(args, kind="activity")
