@@ -11,6 +11,10 @@ Each test gets its own database, cloned from a template that already holds the s
 
 ``PERDURE_TEST_POSTGRES_URL=postgresql://user@host/db`` uses an existing server instead
 (the user needs CREATEDB).
+
+``PostgresServer`` is also the benchmark suite's server (``benchmarks/pg.py`` subclasses
+it with PostgreSQL's durable settings), so this module needs only the standard library
+at import time: ``python -m benchmarks`` imports it as ``tests.pgserver``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 _SERVER_USER = "postgres"
@@ -37,7 +41,7 @@ _FALLBACK_USER = "perdure-pg"
 
 
 class Unavailable(Exception):
-    """No PostgreSQL to test against (the reason says why)."""
+    """No PostgreSQL to run against (the reason says why)."""
 
 
 def find_bindir() -> Path:
@@ -57,8 +61,7 @@ def find_bindir() -> Path:
             return folder
     raise Unavailable(
         "PostgreSQL binaries (initdb, pg_ctl) not found on PATH, in /usr/local/bin or in "
-        "/usr/lib/postgresql/*/bin; install PostgreSQL (apt-get install postgresql) to run "
-        "the postgres tests"
+        "/usr/lib/postgresql/*/bin; install PostgreSQL (apt-get install postgresql)"
     )
 
 
@@ -66,7 +69,7 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -88,19 +91,34 @@ def _server_user() -> pwd.struct_passwd | None:
 
 
 class PostgresServer:
+    """A cluster of its own in a temporary folder: ``start()``, ``url()``, ``stop()``.
+
+    The class attributes are what a subclass changes: the test session trades durability
+    for speed (a crash loses nothing it needs), the benchmark keeps PostgreSQL's defaults.
+    """
+
+    folder_prefix: ClassVar[str] = "perdure-pg-"
+    # -c settings on top of the port, the socket folder and max_connections=300
+    server_settings: ClassVar[dict[str, str]] = {
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+    }
+    stop_mode: ClassVar[str] = "immediate"
+
     def __init__(self) -> None:
         self.bindir = find_bindir()
         self.user = _server_user()
         # Not under TMPDIR: under root that may be a folder the server user cannot enter.
         base = "/tmp" if self.user is not None and os.path.isdir("/tmp") else None
-        self.folder = Path(tempfile.mkdtemp(prefix="perdure-pg-", dir=base))
+        self.folder = Path(tempfile.mkdtemp(prefix=self.folder_prefix, dir=base))
         if self.user is not None:
             os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
         self.data = self.folder / "data"
         self.port = 0
-        self._names = itertools.count(1)
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run one of the server's programs as the server's user; raise with the log's tail."""
         kwargs: dict[str, Any] = {}
         if self.user is not None:
             kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
@@ -116,14 +134,17 @@ class PostgresServer:
             log = self.folder / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout}{proc.stderr}\n{tail}")
+        return proc
 
     def start(self) -> None:
+        # --no-sync only skips flushing the freshly created cluster files; whether the
+        # server itself syncs is server_settings' fsync.
         self._run(
             "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
             "--locale=C", "--no-sync",
         )  # fmt: skip
         for attempt in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._run(
                     "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
@@ -138,7 +159,7 @@ class PostgresServer:
         return (
             f"-p {self.port} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories={self.folder} -c max_connections=300 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            + " ".join(f"-c {name}={value}" for name, value in self.server_settings.items())
         )
 
     def restart(self) -> None:
@@ -154,12 +175,11 @@ class PostgresServer:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
+            self._run("pg_ctl", "stop", "-D", str(self.data), "-m", self.stop_mode, "-w")
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
 
 class Databases:
@@ -264,7 +284,7 @@ def postgres_databases() -> Iterator[Databases]:
     server = PostgresServer()
     try:
         server.start()
-        dbs = Databases(server.url, server)
+        dbs = Databases(server.url(), server)
         try:
             yield dbs
         finally:
