@@ -8,6 +8,7 @@ Every command that touches the database takes ``--database-url`` (else
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import json
 import logging
@@ -16,6 +17,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -210,28 +212,77 @@ def run_async(app: App, fn: Callable[[App], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
+@dataclass(frozen=True, slots=True)
+class Database:
+    """What ``--app``, ``--database-url`` and ``--namespace`` name, so commands take one value."""
+
+    app_ref: str | None
+    url: str | None
+    namespace: str | None
+
+    def app(self, *, must_exist: bool = True) -> App:
+        """The App to talk through; ``must_exist``: a missing SQLite file is an error."""
+        app = client_app(self.app_ref, self.url, self.namespace)
+        if must_exist:
+            _require_database(app)
+        return app
+
+    def run(self, fn: Callable[[App], Awaitable[T]]) -> T:
+        """``fn(app)`` on an existing database, the App closed afterwards."""
+        return run_async(self.app(), fn)
+
+    def on_workflow(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        fn: Callable[[WorkflowHandle[Any]], Awaitable[T]],
+    ) -> T:
+        """``fn(handle)`` on a workflow's run (``run_id`` None: its latest)."""
+        return self.run(lambda app: fn(app.get_handle(workflow_id, run_id=run_id)))
+
+
 # -- option helpers ----------------------------------------------------------
+_Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _namespace_option(default: str) -> _Decorator:
+    """``--namespace``; commands differ only in where its default comes from."""
+    return click.option(
+        "--namespace", "-n", metavar="NAME", help=f"Namespace. [default: {default}]"
+    )
+
+
+def _database_url_option(help_text: str) -> _Decorator:
+    """``--database-url`` (or ``PERDURE_DATABASE_URL``), with the command's own help."""
+    return click.option(
+        "--database-url", envvar=ENV_DATABASE_URL, show_envvar=True, metavar="URL", help=help_text
+    )
+
+
 def _database_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option(
-        "--namespace",
-        "-n",
-        metavar="NAME",
-        help="Namespace. [default: the --app App's, else 'default']",
-    )(fn)
-    fn = click.option(
-        "--database-url",
-        envvar=ENV_DATABASE_URL,
-        show_envvar=True,
-        metavar="URL",
-        help=f"Database URL. [default: the --app App's, else {DEFAULT_DATABASE_URL}]",
-    )(fn)
-    fn = click.option(
+    """``--app``, ``--database-url`` and ``--namespace``, handed to the command as ``database``."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        app_ref: str | None,
+        database_url: str | None,
+        namespace: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return fn(*args, database=Database(app_ref, database_url, namespace), **kwargs)
+
+    app_option = click.option(
         "--app",
         "app_ref",
         metavar="MODULE:APP",
         help="Import this App (from the current directory) for its database and workflows.",
-    )(fn)
-    return fn
+    )
+    url_option = _database_url_option(
+        f"Database URL. [default: the --app App's, else {DEFAULT_DATABASE_URL}]"
+    )
+    namespace_option = _namespace_option("the --app App's, else 'default'")
+    return app_option(url_option(namespace_option(command)))
 
 
 def _run_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -240,6 +291,11 @@ def _run_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+
+
+def _args_json_argument(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The trailing ``[ARGS_JSON]...`` of start, signal, query and update."""
+    return click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)(fn)
 
 
 def _reject_constant(text: str) -> NoReturn:
@@ -290,6 +346,23 @@ def console(*, stderr: bool = False) -> Console:
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(to_jsonable(value), indent=2, ensure_ascii=False))
+
+
+def show(
+    value: T,
+    as_json: bool,
+    table: Callable[[T], Table],
+    *,
+    empty: str = "",
+    empty_to_stderr: bool = False,
+) -> None:
+    """Print an answer: JSON with ``--json``; else ``empty`` if there is nothing, or the table."""
+    if as_json:
+        _echo_json(value)
+    elif empty and not value:
+        click.echo(empty, err=empty_to_stderr)
+    else:
+        console().print(table(value))
 
 
 def fmt_time(dt: datetime | None) -> str:
@@ -460,14 +533,8 @@ def main() -> None:
     metavar="QUEUE",
     help="Task queue to serve (repeatable). [default: the App's default queue]",
 )
-@click.option("--namespace", "-n", metavar="NAME", help="Namespace. [default: the App's]")
-@click.option(
-    "--database-url",
-    envvar=ENV_DATABASE_URL,
-    show_envvar=True,
-    metavar="URL",
-    help="Database URL. [default: the App's]",
-)
+@_namespace_option("the App's")
+@_database_url_option("Database URL. [default: the App's]")
 @click.option(
     "--max-concurrent-workflows", type=click.IntRange(min=1), default=1000, show_default=True
 )
@@ -542,7 +609,7 @@ _JSON_ARGS = {"ignore_unknown_options": True}  # so that -1 is an argument, not 
 
 @main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_type")
-@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_args_json_argument
 @click.option("--workflow-id", "-w", metavar="ID", help="Workflow id. [default: a random uuid]")
 @click.option("--task-queue", "-q", metavar="QUEUE", help="Task queue. [default: the App's]")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
@@ -557,9 +624,7 @@ def start(
     wait: bool,
     timeout: float | None,
     as_json: bool,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Start a workflow; each of ARGS_JSON is one JSON argument.
 
@@ -567,7 +632,7 @@ def start(
     perdure start order-workflow '{"id": "o-1", "qty": 2}' --workflow-id order-1
     perdure start greet '"Ada"' --app myapp:app --wait
     """
-    app = client_app(app_ref, database_url, namespace)
+    app = database.app(must_exist=False)
 
     async def go(app: App) -> tuple[WorkflowHandle[Any], Any]:
         handle = await app.start_workflow(
@@ -602,23 +667,19 @@ def result(
     workflow_id: str,
     run_id: str | None,
     timeout: float | None,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Wait for a workflow's result and print it as JSON.
 
     A run that failed, was canceled or terminated prints its error and cause
     chain to stderr and exits 1.
     """
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
 
-    async def go(app: App) -> Any:
+    async def go(handle: WorkflowHandle[Any]) -> Any:
         with _workflow_failure_exits():
-            return await app.get_handle(workflow_id, run_id=run_id).result(timeout=timeout)
+            return await handle.result(timeout=timeout)
 
-    _echo_json(run_async(app, go))
+    _echo_json(database.on_workflow(workflow_id, run_id, go))
 
 
 @main.command("list")
@@ -640,13 +701,9 @@ def list_(
     prefix: str | None,
     limit: int,
     as_json: bool,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """List workflow runs, newest first."""
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
 
     async def go(app: App) -> list[WorkflowDescription]:
         return [
@@ -659,13 +716,8 @@ def list_(
             )
         ]
 
-    items = run_async(app, go)
-    if as_json:
-        _echo_json(items)
-    elif not items:
-        click.echo("no workflows match", err=True)
-    else:
-        console().print(workflows_table(items))
+    items = database.run(go)
+    show(items, as_json, workflows_table, empty="no workflows match", empty_to_stderr=True)
 
 
 @main.command()
@@ -677,22 +729,11 @@ def describe(
     workflow_id: str,
     run_id: str | None,
     as_json: bool,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Show a workflow run: status, type, times, history length."""
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> WorkflowDescription:
-        return await app.get_handle(workflow_id, run_id=run_id).describe()
-
-    desc = run_async(app, go)
-    if as_json:
-        _echo_json(desc)
-    else:
-        console().print(description_table(desc))
+    desc = database.on_workflow(workflow_id, run_id, lambda handle: handle.describe())
+    show(desc, as_json, description_table)
 
 
 @main.command()
@@ -704,9 +745,7 @@ def history(
     workflow_id: str,
     run_id: str | None,
     as_json: bool,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Show a run's event history.
 
@@ -714,15 +753,13 @@ def history(
     perdure history order-1
     perdure history order-1 --json > order-1.json   # replayable with perdure.testing.replay
     """
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
 
     async def go(app: App) -> tuple[WorkflowDescription, list[HistoryEvent]]:
         handle = app.get_handle(workflow_id, run_id=run_id)
         desc = await handle.describe()
         return desc, await app.get_handle(workflow_id, run_id=desc.run_id).history()
 
-    desc, events = run_async(app, go)
+    desc, events = database.run(go)
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in events], indent=2, ensure_ascii=False))
     else:
@@ -735,7 +772,7 @@ def history(
 @main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_id")
 @click.argument("name")
-@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_args_json_argument
 @_run_id_option
 @_database_options
 def signal(
@@ -743,22 +780,14 @@ def signal(
     name: str,
     args: tuple[Any, ...],
     run_id: str | None,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Send the signal NAME to a running workflow.
 
     \b
     perdure signal order-1 approval '{"approved": true}'
     """
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> None:
-        await app.get_handle(workflow_id, run_id=run_id).signal(name, *args)
-
-    run_async(app, go)
+    database.on_workflow(workflow_id, run_id, lambda handle: handle.signal(name, *args))
     click.echo(f"sent signal {name!r} to {workflow_id}")
 
 
@@ -771,18 +800,10 @@ def cancel(
     workflow_id: str,
     run_id: str | None,
     reason: str | None,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Ask a running workflow to cancel (it sees asyncio.CancelledError)."""
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> None:
-        await app.get_handle(workflow_id, run_id=run_id).cancel(reason)
-
-    run_async(app, go)
+    database.on_workflow(workflow_id, run_id, lambda handle: handle.cancel(reason))
     click.echo(f"requested cancellation of {workflow_id}")
 
 
@@ -795,25 +816,17 @@ def terminate(
     workflow_id: str,
     run_id: str | None,
     reason: str,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """End a running workflow at once, without running its code (no cleanup)."""
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> None:
-        await app.get_handle(workflow_id, run_id=run_id).terminate(reason=reason)
-
-    run_async(app, go)
+    database.on_workflow(workflow_id, run_id, lambda handle: handle.terminate(reason=reason))
     click.echo(f"terminated {workflow_id}")
 
 
 @main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_id")
 @click.argument("name")
-@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_args_json_argument
 @_run_id_option
 @_database_options
 def query(
@@ -821,9 +834,7 @@ def query(
     name: str,
     args: tuple[Any, ...],
     run_id: str | None,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Ask a workflow's query handler NAME; prints the answer as JSON.
 
@@ -833,19 +844,13 @@ def query(
     \b
     perdure query order-1 status --app myapp:app
     """
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> Any:
-        return await app.get_handle(workflow_id, run_id=run_id).query(name, *args)
-
-    _echo_json(run_async(app, go))
+    _echo_json(database.on_workflow(workflow_id, run_id, lambda handle: handle.query(name, *args)))
 
 
 @main.command(context_settings=_JSON_ARGS)
 @click.argument("workflow_id")
 @click.argument("name")
-@click.argument("args", nargs=-1, metavar="[ARGS_JSON]...", callback=parse_json_args)
+@_args_json_argument
 @_run_id_option
 @click.option("--timeout", callback=_duration, metavar="DURATION", help="Give up after this long.")
 @_database_options
@@ -855,23 +860,17 @@ def update(
     args: tuple[Any, ...],
     run_id: str | None,
     timeout: float | None,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
+    database: Database,
 ) -> None:
     """Run a workflow's update handler NAME (a worker must be running); prints its result.
 
     \b
     perdure update order-1 set-address '{"city": "Lyon"}'
     """
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> Any:
-        handle = app.get_handle(workflow_id, run_id=run_id)
-        return await handle.update(name, *args, timeout=timeout)
-
-    _echo_json(run_async(app, go))
+    answer = database.on_workflow(
+        workflow_id, run_id, lambda handle: handle.update(name, *args, timeout=timeout)
+    )
+    _echo_json(answer)
 
 
 @main.group(cls=_Group)
@@ -881,14 +880,10 @@ def db() -> None:
 
 @db.command()
 @_database_options
-def migrate(app_ref: str | None, database_url: str | None, namespace: str | None) -> None:
+def migrate(database: Database) -> None:
     """Create or upgrade perdure's schema."""
-    app = client_app(app_ref, database_url, namespace)
-
-    async def go(app: App) -> None:
-        await app.migrate()
-
-    run_async(app, go)
+    app = database.app(must_exist=False)
+    run_async(app, App.migrate)
     click.echo(f"migrated {redact(app.database_url)}")
 
 

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from perdure._app import App
 from perdure._cli import (
+    _database_url_option,
+    _namespace_option,
     _require_database,
     console,
     load_app,
@@ -62,14 +64,8 @@ async def _replay_one(app: App, source: str, events: list[HistoryEvent]) -> Verd
     help="Replay closed runs too (default: only running runs, the ones new code resumes).",
 )
 @click.option("--limit", default=100, show_default=True, help="At most this many runs.")
-@click.option(
-    "--database-url",
-    envvar="PERDURE_DATABASE_URL",
-    show_envvar=True,
-    metavar="URL",
-    help="Database to read runs from. [default: MODULE:APP's]",
-)
-@click.option("--namespace", "-n", metavar="NAME", help="Namespace. [default: MODULE:APP's]")
+@_database_url_option("Database to read runs from. [default: MODULE:APP's]")
+@_namespace_option("MODULE:APP's")
 def replay(
     code_ref: str,
     files: tuple[Path, ...],

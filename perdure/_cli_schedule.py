@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from perdure._app import App
-from perdure._cli import (
-    _database_options,
-    _echo_json,
-    _json_option,
-    _require_database,
-    client_app,
-    console,
-    fmt_time,
-    main,
-    run_async,
-)
+from perdure._cli import Database, _database_options, _json_option, fmt_time, main, show
 from perdure._schedules import ScheduleDescription, ScheduleHandle, describe_record
+
+T = TypeVar("T")
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
@@ -87,111 +79,75 @@ def schedule() -> None:
 
 
 def _on_schedule(
-    schedule_id: str,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
-    fn: Callable[[ScheduleHandle], Awaitable[Any]],
-) -> Any:
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
-
-    async def go(app: App) -> Any:
-        return await fn(app.get_schedule(schedule_id))
-
-    return run_async(app, go)
+    database: Database, schedule_id: str, fn: Callable[[ScheduleHandle], Awaitable[T]]
+) -> T:
+    """``fn(handle)`` on a schedule of the database the options name."""
+    return database.run(lambda app: fn(app.get_schedule(schedule_id)))
 
 
 @schedule.command("list")
 @_json_option
 @_database_options
-def list_(
-    as_json: bool, app_ref: str | None, database_url: str | None, namespace: str | None
-) -> None:
+def list_(as_json: bool, database: Database) -> None:
     """Every schedule of the namespace."""
-    app = client_app(app_ref, database_url, namespace)
-    _require_database(app)
 
     async def go(app: App) -> list[ScheduleDescription]:
         store = await app._get_store()
         return [await describe_record(app, r) for r in await store.list_schedules(app.namespace)]
 
-    items = run_async(app, go)
-    if as_json:
-        _echo_json(items)
-    elif not items:
-        click.echo("no schedules")
-    else:
-        console().print(_schedules_table(items))
+    show(database.run(go), as_json, _schedules_table, empty="no schedules")
 
 
 @schedule.command()
 @click.argument("schedule_id")
 @_json_option
 @_database_options
-def describe(
-    schedule_id: str,
-    as_json: bool,
-    app_ref: str | None,
-    database_url: str | None,
-    namespace: str | None,
-) -> None:
+def describe(schedule_id: str, as_json: bool, database: Database) -> None:
     """Show a schedule: spec, state, next fire times, recent runs."""
-    desc = _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.describe())
-    if as_json:
-        _echo_json(desc)
-    else:
-        console().print(_description_table(desc))
+    desc = _on_schedule(database, schedule_id, lambda s: s.describe())
+    show(desc, as_json, _description_table)
 
 
 @schedule.command()
 @click.argument("schedule_id")
 @_database_options
-def pause(
-    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
-) -> None:
+def pause(schedule_id: str, database: Database) -> None:
     """Stop firing a schedule (runs already started go on)."""
-    _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.pause())
+    _on_schedule(database, schedule_id, lambda s: s.pause())
     click.echo(f"paused schedule {schedule_id}")
 
 
 @schedule.command()
 @click.argument("schedule_id")
 @_database_options
-def unpause(
-    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
-) -> None:
+def unpause(schedule_id: str, database: Database) -> None:
     """Fire a paused schedule again, from its next fire time after now."""
-    _on_schedule(schedule_id, app_ref, database_url, namespace, lambda s: s.unpause())
+    _on_schedule(database, schedule_id, lambda s: s.unpause())
     click.echo(f"unpaused schedule {schedule_id}")
 
 
 @schedule.command()
 @click.argument("schedule_id")
 @_database_options
-def trigger(
-    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
-) -> None:
+def trigger(schedule_id: str, database: Database) -> None:
     """Start a run of the schedule now (even when paused)."""
 
     async def go(s: ScheduleHandle) -> str:
         return (await s.trigger()).workflow_id
 
-    workflow_id = _on_schedule(schedule_id, app_ref, database_url, namespace, go)
+    workflow_id = _on_schedule(database, schedule_id, go)
     click.echo(f"started {workflow_id}")
 
 
 @schedule.command()
 @click.argument("schedule_id")
 @_database_options
-def delete(
-    schedule_id: str, app_ref: str | None, database_url: str | None, namespace: str | None
-) -> None:
+def delete(schedule_id: str, database: Database) -> None:
     """Delete a schedule (the runs it started are left alone)."""
 
     async def go(s: ScheduleHandle) -> None:
         await s.describe()  # an unknown id is an error here, not a silent no-op
         await s.delete()
 
-    _on_schedule(schedule_id, app_ref, database_url, namespace, go)
+    _on_schedule(database, schedule_id, go)
     click.echo(f"deleted schedule {schedule_id}")
