@@ -335,7 +335,9 @@ async def test_serialization_failures_are_retried_transparently(
         store = await app._get_store()
         assert isinstance(store, PostgresStore)
         assert store.db.injected > 10
-        assert store.db.retries >= store.db.injected
+        # Stopping the worker may cancel its poll and lease loops between an injected
+        # failure and its retry (nothing is lost: they were stopping anyway).
+        assert store.db.retries >= store.db.injected - 2
     finally:
         await app.close()
 
