@@ -437,8 +437,14 @@ class Store(abc.ABC):
         """Persist the heartbeat details of a running local activity."""
 
     @abc.abstractmethod
-    async def renew_leases(self, worker_id: str, lease_until: datetime) -> set[str]:
-        """Extend every lease this worker holds; return the run ids it still holds."""
+    async def renew_leases(self, worker_id: str, lease_until: datetime) -> dict[str, bool]:
+        """Extend every lease this worker holds; return the run ids it still holds.
+
+        Each id maps to whether this renewal extended that run's lease. A run it did not
+        extend is locked by someone: by one of the worker's own steps (whose commit
+        extends the lease), or by another worker taking the run over after its lease ran
+        out. Only a run it extended is surely still this worker's to act on.
+        """
 
     @abc.abstractmethod
     async def release_run(self, run_id: str, worker_id: str, wake_at: datetime | None) -> None: ...

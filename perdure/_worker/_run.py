@@ -37,6 +37,9 @@ class HeldRun:
     drain_task: asyncio.Task[None] | None = None
     closed: bool = False
     starting: bool = False  # its start-and-first-step transaction has not committed yet
+    # Monotonic time before which the database lease has surely not run out: counted from
+    # just before the claim, step commit or renewal that last set it (so never too late).
+    lease_bound: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
 
     @property

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -121,6 +122,10 @@ class Worker(ActivityExecution):
         self._skip_check_pending = False
         self._inbox_mark = 0
         self._inbox_full_at = 0.0
+        self._renewed = asyncio.Event()  # set (and replaced) after every renewal attempt
+        self._claims_in_flight = 0
+        self._handing_back: set[str] = set()
+        self._claims_done = 0
 
     # -- lifecycle -------------------------------------------------------
     async def __aenter__(self) -> Worker:
@@ -246,31 +251,79 @@ class Worker(ActivityExecution):
 
         await fire_due_schedules(self)
 
+    @property
+    def lease_margin(self) -> float:
+        """Headroom kept on every lease: renewals come every quarter of it, and clocks of
+        different machines may disagree by up to this much."""
+        return self.lease_duration / 4
+
+    def lease_safe(self, run: HeldRun) -> bool:
+        """Whether no other worker can have taken the run: its lease has headroom left."""
+        return time.monotonic() < run.lease_bound - self.lease_margin
+
+    async def lease_renewed(self) -> None:
+        """Wait for the next renewal attempt of the lease loop."""
+        await self._renewed.wait()
+
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_duration / 3)
+            await asyncio.sleep(self.lease_margin)
             try:
-                await self._retry_hand_backs()
-                held = await self.store.renew_leases(
-                    self.worker_id, utcnow() + timedelta(seconds=self.lease_duration)
-                )
-                for run_id, run in list(self.runs.items()):
-                    # A run whose start is still committing is not in the database yet.
-                    if run_id not in held and not run.closed and not run.starting:
-                        log.warning("worker %s lost the lease of run %s", self.worker_id, run_id)
-                        self._forget(run)
-                await self._flush_heartbeats()
-                await self.store.register_worker(
-                    worker_id=self.worker_id,
-                    namespace=self.app.namespace,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    task_queues=self.task_queues,
-                )
+                await self._renew()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("worker %s: lease renewal failed", self.worker_id)
+            finally:
+                self._renewed.set()
+                self._renewed = asyncio.Event()
+
+    async def _renew(self) -> None:
+        await self._retry_hand_backs()
+        claims_done, claiming = self._claims_done, self._claims_in_flight
+        known = self._known_runs()  # a run that closes during the renewal is no stray
+        # Only runs held before the renewal began can be judged by it: one claimed or
+        # started meanwhile may be missing from what it read. (A run whose start is
+        # still committing is not in the database yet.)
+        before = [r for r in self.runs.values() if not r.starting and not r.closed]
+        began = time.monotonic()
+        held = await self.store.renew_leases(
+            self.worker_id, utcnow() + timedelta(seconds=self.lease_duration)
+        )
+        for run in before:
+            run_id = run.run_id
+            if run.closed or self.runs.get(run_id) is not run:
+                continue
+            renewed = held.get(run_id)
+            if renewed is None:
+                log.warning("worker %s lost the lease of run %s", self.worker_id, run_id)
+                self._forget(run)
+            elif renewed:
+                run.lease_bound = max(run.lease_bound, began + self.lease_duration)
+            # Held but not renewed: locked by our own step (its commit extends the lease)
+            # or by a worker taking it over (the next renewal shows the new owner). Until
+            # then its lease_bound runs down and no new activity attempt starts.
+        if claiming == 0 and self._claims_in_flight == 0 and self._claims_done == claims_done:
+            strays = held.keys() - known - self._known_runs()
+            for run_id in strays:
+                # E.g. a hand-back that met an outage and was given up: without this our
+                # renewals would keep the run leased forever while nobody works on it.
+                log.warning(
+                    "worker %s: releasing run %s it held but did not run", self.worker_id, run_id
+                )
+                self._hand_back_later(run_id, utcnow())
+        await self._flush_heartbeats()
+        await self.store.register_worker(
+            worker_id=self.worker_id,
+            namespace=self.app.namespace,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            task_queues=self.task_queues,
+        )
+
+    def _known_runs(self) -> set[str]:
+        """Runs this worker holds, is adopting or is handing back."""
+        return self.runs.keys() | self._adopting_ids | self._hand_backs.keys() | self._handing_back
 
     async def _hand_back(self, run_id: str, wake_at: datetime | None, park: str = "") -> None:
         """Give a run we dropped back to the database: park it, or make it claimable.
@@ -278,6 +331,7 @@ class Worker(ActivityExecution):
         If the database is away, keep trying from the lease loop: until then our
         lease renewals would otherwise keep a run nobody here works on.
         """
+        self._handing_back.add(run_id)
         try:
             if park:
                 await self.store.park_run(run_id, self.worker_id, park)
@@ -288,6 +342,8 @@ class Worker(ActivityExecution):
             self._hand_backs[run_id] = (wake_at, park)
         else:
             self._hand_backs.pop(run_id, None)
+        finally:
+            self._handing_back.discard(run_id)
 
     async def _retry_hand_backs(self) -> None:
         for run_id, (wake_at, park) in list(self._hand_backs.items()):
@@ -299,7 +355,10 @@ class Worker(ActivityExecution):
         """Forget a run after an unexpected failure and hand it back for a clean replay."""
         log.error("dropping run %s: %s", run.run_id, why)
         self._forget(run)
-        task = asyncio.get_running_loop().create_task(self._hand_back(run.run_id, utcnow()))
+        self._hand_back_later(run.run_id, utcnow())
+
+    def _hand_back_later(self, run_id: str, wake_at: datetime | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._hand_back(run_id, wake_at))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -317,26 +376,33 @@ class Worker(ActivityExecution):
             capacity = min(len(victims), 64)
             if capacity <= 0:
                 return
-        records = await self.store.claim_runs(
-            namespace=self.app.namespace,
-            worker_id=self.worker_id,
-            task_queues=self.task_queues,
-            workflow_types=types,
-            limit=min(capacity, 256),
-            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
-        )
+        claimed_at = time.monotonic()
+        self._claims_in_flight += 1
+        try:
+            # Small batches: each claimed run costs a few reads to adopt, and a flood of
+            # them must not keep the lease renewals waiting for a connection.
+            records = await self.store.claim_runs(
+                namespace=self.app.namespace,
+                worker_id=self.worker_id,
+                task_queues=self.task_queues,
+                workflow_types=types,
+                limit=min(capacity, 64),
+                lease_until=utcnow() + timedelta(seconds=self.lease_duration),
+            )
+            for record in records:
+                if record.run_id in self.runs or record.run_id in self._adopting_ids:
+                    continue  # ours already: the claim only refreshed its lease
+                self._adopting_ids.add(record.run_id)
+                task = asyncio.create_task(self._adopt(record, claimed_at))
+                self._adopting.add(task)
+                task.add_done_callback(self._adopting.discard)
+        finally:
+            self._claims_in_flight -= 1
+            self._claims_done += 1
         for victim in victims[: len(records)]:
             if victim.idle() and self.runs.get(victim.run_id) is victim:
                 self.stats.runs_evicted += 1
                 await self._release(victim)
-        adopting = {r for r in self._adopting_ids}
-        for record in records:
-            if record.run_id in self.runs or record.run_id in adopting:
-                continue  # ours already: the claim only refreshed its lease
-            self._adopting_ids.add(record.run_id)
-            task = asyncio.create_task(self._adopt(record))
-            self._adopting.add(task)
-            task.add_done_callback(self._adopting.discard)
 
     def can_adopt(self, run: NewRun) -> bool:
         return (
@@ -424,14 +490,14 @@ class Worker(ActivityExecution):
             )
         )
 
-    async def _adopt(self, record: RunRecord) -> None:
+    async def _adopt(self, record: RunRecord, claimed_at: float) -> None:
         """Bring a claimed run into memory: replay its history, resume what was pending."""
         try:
-            await self._adopt_claimed(record)
+            await self._adopt_claimed(record, claimed_at)
         finally:
             self._adopting_ids.discard(record.run_id)
 
-    async def _adopt_claimed(self, record: RunRecord) -> None:
+    async def _adopt_claimed(self, record: RunRecord, claimed_at: float) -> None:
         runner = self._runner_for(record)
         try:
             history = await self.store.load_history(record.run_id)
@@ -449,6 +515,7 @@ class Worker(ActivityExecution):
             await self._hand_back(record.run_id, utcnow())
             return
         run = self._hold(record, runner, len(history))
+        run.lease_bound = claimed_at + self.lease_duration
         if not history:
             self._start_input(run)
         for timer_id, (handle, _) in runner.pending_timers.items():
@@ -588,6 +655,7 @@ class Worker(ActivityExecution):
     async def _step(
         self, run: HeldRun, inputs: list[Input], *, start: NewRun | None = None
     ) -> None:
+        began = time.monotonic()
         now = self.clock.now()
         seq = run.next_seq
         events: list[HistoryEvent] = []
@@ -671,6 +739,7 @@ class Worker(ActivityExecution):
             )
         )
         run.next_seq = seq
+        run.lease_bound = max(run.lease_bound, began + self.lease_duration)
         self.stats.steps_committed += 1
         for inbox_id in consumed:
             run.inbox_seen.discard(inbox_id)

@@ -107,12 +107,6 @@ async def _start_all(client: perdure.App) -> None:
     await asyncio.gather(*(start(range(lo, WORKFLOWS, 10)) for lo in range(10)))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue: under heavy CPU load a worker that missed its lease renewal can "
-    "still start an activity attempt of a run another worker took over (the run's fencing "
-    "keeps the history exact, but the activity runs once more); see CHANGELOG",
-)
 async def test_four_workers_one_sigkilled_every_workflow_once(
     worker_processes: Any, database_url: str
 ) -> None:
