@@ -201,6 +201,15 @@ def insert_inbox(
 
 def insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
     """Insert a run, applying its id reuse and conflict policies."""
+    params = run_params(run)
+    if run.id_reuse_policy == "allow_duplicate":
+        # Most starts conflict with nothing: try the insert first (the unique index on
+        # running runs refuses a conflict, changing nothing), look for a conflict after.
+        try:
+            conn.execute(Q["insert_run"], params)
+            return run.run_id, True
+        except sqlite3.IntegrityError:
+            pass
     key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
     running = conn.execute(Q["running_run"], key).fetchone()
     if running is not None:
@@ -229,27 +238,7 @@ def insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
                 run_id=latest["run_id"],
                 workflow_type=latest["workflow_type"],
             )
-    conn.execute(
-        Q["insert_run"],
-        {
-            "run_id": run.run_id,
-            "namespace": run.namespace,
-            "workflow_id": run.workflow_id,
-            "workflow_type": run.workflow_type,
-            "task_queue": run.task_queue,
-            "input": dumps(run.input),
-            "parent_workflow_id": run.parent_workflow_id,
-            "parent_run_id": run.parent_run_id,
-            "parent_close_policy": run.parent_close_policy,
-            "child_id": run.child_id,
-            "search_attributes": dumps(run.search_attributes),
-            "memo": dumps(run.memo),
-            "wake_at": fmt(run.wake_at),
-            "owner": run.owner,
-            "lease_until": fmt_opt(run.lease_until),
-            "created_at": fmt(run.created_at or utcnow()),
-        },
-    )
+    conn.execute(Q["insert_run"], params)
     return run.run_id, True
 
 
@@ -277,10 +266,33 @@ FENCE_HELD = _FENCE_HELD.format(consumed="")
 FENCE_HELD_CONSUMED = _FENCE_HELD.format(
     consumed="\n                       AND i.inbox_id NOT IN (SELECT value FROM json_each(?7))"
 )
+# close_run handing back the closed row (what after_close needs) instead of a SELECT.
+CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"
 APPEND_EVENT = (
     "INSERT INTO perdure_history (run_id, seq, event_type, name, attributes, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+
+
+def run_params(run: NewRun) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "namespace": run.namespace,
+        "workflow_id": run.workflow_id,
+        "workflow_type": run.workflow_type,
+        "task_queue": run.task_queue,
+        "input": dumps(run.input),
+        "parent_workflow_id": run.parent_workflow_id,
+        "parent_run_id": run.parent_run_id,
+        "parent_close_policy": run.parent_close_policy,
+        "child_id": run.child_id,
+        "search_attributes": dumps(run.search_attributes),
+        "memo": dumps(run.memo),
+        "wake_at": fmt(run.wake_at),
+        "owner": run.owner,
+        "lease_until": fmt_opt(run.lease_until),
+        "created_at": fmt(run.created_at or utcnow()),
+    }
 
 
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
@@ -377,8 +389,8 @@ def close_run(conn: sqlite3.Connection, step: StepCommit) -> None:
     """The run ended in this step: close its row and tell whoever must know."""
     close = step.close
     assert close is not None
-    conn.execute(
-        Q["close_run"],
+    row = conn.execute(
+        CLOSE_RUN_RETURNING,
         {
             "run_id": step.run_id,
             "status": close.status,
@@ -387,8 +399,7 @@ def close_run(conn: sqlite3.Connection, step: StepCommit) -> None:
             "closed_at": fmt(utcnow()),
             "continued_run_id": close.continued_run_id,
         },
-    )
-    row = conn.execute(Q["get_run"], {"run_id": step.run_id}).fetchone()
+    ).fetchall()[0]
     after_close(conn, row, close.status, close.result, close.error, had_children=close.had_children)
     if step.continue_as_new is not None:
         insert_run(conn, step.continue_as_new)
