@@ -500,9 +500,12 @@ class Worker(ActivityExecution):
     async def _adopt_claimed(self, record: RunRecord, claimed_at: float) -> None:
         runner = self._runner_for(record)
         try:
-            history = await self.store.load_history(record.run_id)
-            tasks = await self.store.load_tasks(record.run_id)
-            inbox = await self.store.load_run_inbox(record.run_id)
+            # Three reads at once: on PostgreSQL each is a round trip on its own connection.
+            history, tasks, inbox = await asyncio.gather(
+                self.store.load_history(record.run_id),
+                self.store.load_tasks(record.run_id),
+                self.store.load_run_inbox(record.run_id),
+            )
             runner.replay(history)
         except NonDeterminismError as exc:
             log.error("%s", exc)
