@@ -103,3 +103,32 @@ async def test_groups_after_a_rerun_keep_working(tmp_path: Path) -> None:
         )
     finally:
         await db.close()
+
+
+async def test_large_groups_keep_order_and_isolation(tmp_path: Path) -> None:
+    # Writes and reads sent while a large group is being written wait for its commit;
+    # failures in a large group undo only themselves.
+    db = await open_db(tmp_path, "loop")
+    try:
+        first = [db.write(insert(f"a{i:02d}")) for i in range(40)]
+        tasks = [asyncio.ensure_future(w) for w in first]
+        await asyncio.sleep(0)  # the first group is flushed
+        later = await asyncio.gather(
+            db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]),
+            *(db.write(insert(f"b{i:02d}")) for i in range(20)),
+        )
+        assert await asyncio.gather(*tasks) == [f"a{i:02d}" for i in range(40)]
+        assert later[0] >= 40  # the read ran after the first group committed
+        assert later[1:] == [f"b{i:02d}" for i in range(20)]
+        outcomes = await asyncio.gather(
+            *(db.write(insert(f"c{i:02d}", then_fail=i in (3, 17))) for i in range(30)),
+            db.write(fail_clean),
+            return_exceptions=True,
+        )
+        assert [isinstance(o, Boom) for o in outcomes] == [i in (3, 17) for i in range(30)] + [True]
+        expected = [f"a{i:02d}" for i in range(40)] + [f"b{i:02d}" for i in range(20)]
+        expected += [f"c{i:02d}" for i in range(30) if i not in (3, 17)]
+        assert await rows(db) == sorted(expected)
+        assert db.commits >= 3
+    finally:
+        await db.close()
