@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection, AsyncRawCursor, errors, sql
@@ -72,7 +72,9 @@ def parse_url(url: str, *, default_port: int | None = None) -> Settings:
     netloc = parts.netloc
     if default_port is not None and parts.hostname and parts.port is None:
         netloc = f"{netloc}:{default_port}"
-    conninfo = urlunsplit(("postgresql", netloc, parts.path, urlencode(rest), parts.fragment))
+    # libpq decodes %XX only, not "+": a space must go back as %20 (options=-c%20...).
+    query = urlencode(rest, quote_via=quote)
+    conninfo = urlunsplit(("postgresql", netloc, parts.path, query, parts.fragment))
     schema = ours.get("schema", "perdure")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(

@@ -474,3 +474,15 @@ async def test_a_user_without_create_migrates_into_a_schema_made_for_it(
         assert record is not None and record.run_id == run_id
     finally:
         await store.close()
+
+
+@postgres_only
+async def test_libpq_parameters_in_the_url_reach_the_server(database_url: str) -> None:
+    # "options" holds spaces: they must reach libpq as %20, which it decodes (not "+").
+    store = await opened(f"{database_url}?options=-c%20statement_timeout%3D4321&schema=perdure")
+    try:
+        assert isinstance(store, PostgresStore)
+        row = await store._one("SHOW statement_timeout", ())
+        assert row is not None and row["statement_timeout"] == "4321ms"
+    finally:
+        await store.close()

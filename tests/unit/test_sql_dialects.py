@@ -50,6 +50,9 @@ def test_url_parameters() -> None:
     assert (s.pool_min_size, s.pool_max_size, s.group_commit) == (1, 20, True)
     assert s.conninfo == "postgresql://u:p@db.example:5433/app?sslmode=require"
     assert parse_url("postgres://h/db?group_commit=off").group_commit is False
+    # libpq reads %20 as a space but "+" as a plus: options must reach it as written.
+    opts = parse_url("postgresql://h/db?options=-c%20synchronous_commit%3Doff&schema=s")
+    assert opts.conninfo == "postgresql://h/db?options=-c%20synchronous_commit%3Doff"
     crdb = parse_url("cockroachdb://root@crdb/defaultdb", default_port=26257)
     assert crdb.conninfo == "postgresql://root@crdb:26257/defaultdb"
     assert in_schema("SELECT * FROM perdure.workflows w JOIN perdure.inbox", "jobs") == (
