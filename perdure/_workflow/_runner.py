@@ -93,7 +93,7 @@ class WorkflowRunner:
         self.registry = registry
         self.loop = WorkflowLoop(self._timer_factory)  # type: ignore[abstract]
         self.ctx = WorkflowContext(self)
-        self.rng = random.Random(info.run_id)
+        self._rng: random.Random | None = None
         self.now = datetime.now(UTC)
         self.closed = False
         self.cancel_requested = False
@@ -117,6 +117,14 @@ class WorkflowRunner:
         self._timer_name: str | None = None
         self._activation: _Activation | None = None
         self._evicting = False
+
+    @property
+    def rng(self) -> random.Random:
+        """The run's seeded ``random.Random``, made on first use (seeding costs more
+        than the rest of a runner, and most workflows never ask for it)."""
+        if self._rng is None:
+            self._rng = random.Random(self.info.run_id)
+        return self._rng
 
     # -- driving ---------------------------------------------------------
     @property
