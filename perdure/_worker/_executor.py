@@ -51,6 +51,9 @@ class ActivityExecution:
     def _kick(self, run: HeldRun) -> None:
         raise NotImplementedError
 
+    async def _step_here(self, run: HeldRun) -> None:
+        raise NotImplementedError
+
     def _forget(self, run: HeldRun) -> None:
         raise NotImplementedError
 
@@ -223,7 +226,9 @@ class ActivityExecution:
                         act,
                         EventType.ACTIVITY_COMPLETED,
                         {"result": value},
+                        kick=False,
                     )
+                    await self._step_here(run)
                     return
                 verdict = judge_failure(act, error, self.clock.now())
                 if verdict.final:
@@ -234,7 +239,9 @@ class ActivityExecution:
                         if verdict.timed_out
                         else EventType.ACTIVITY_FAILED,
                         {"error": verdict.failure},
+                        kick=False,
                     )
+                    await self._step_here(run)
                     return
                 assert verdict.retry_at is not None
                 act.attempt += 1
@@ -255,7 +262,13 @@ class ActivityExecution:
             self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
 
     def _finish_activity(
-        self, run: HeldRun, act: PendingActivity, event_type: str, attrs: dict[str, Any]
+        self,
+        run: HeldRun,
+        act: PendingActivity,
+        event_type: str,
+        attrs: dict[str, Any],
+        *,
+        kick: bool = True,
     ) -> None:
         if run.closed or run.activities.get(act.activity_id) is not act:
             return
@@ -273,7 +286,8 @@ class ActivityExecution:
                 finished_activity=act.activity_id if act.has_row else None,
             )
         )
-        self._kick(run)
+        if kick:
+            self._kick(run)
 
     def _info(self, run: HeldRun, act: PendingActivity) -> ActivityInfo:
         rec = run.record

@@ -633,6 +633,17 @@ class Worker(ActivityExecution):
         if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
             run.drain_task = asyncio.create_task(self._drain(run))
 
+    async def _step_here(self, run: HeldRun) -> None:
+        """``_kick`` from a task that has nothing left to do (a finished activity's).
+
+        The step runs in that task instead of a new one: a task and a turn of the
+        event loop less per step.
+        """
+        run.last_used = asyncio.get_running_loop().time()
+        if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
+            run.drain_task = asyncio.current_task()
+            await self._drain(run)
+
     async def _drain(self, run: HeldRun) -> None:
         async with run.lock:
             while run.inputs and not run.closed:
