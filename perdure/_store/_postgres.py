@@ -90,7 +90,8 @@ class PostgresStore(Store):
         )
         self._listener: Listener | None = None
         self._group = GroupCommit(self.db, prepare=_fresh_lease)
-        self._step_query = RawQuery.parse(self.q["commit_step"])
+        self._step_query = RawQuery.parse(self.q["commit_step"])  # a step that closes its run
+        self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)
@@ -329,7 +330,8 @@ class PostgresStore(Store):
         params = plain_step_params(step)
         if step.lease_until is not None:  # counted from the commit, not the call (_claim)
             params["lease_ttl"] = step.lease_until - utcnow()
-        statements: list[Statement] = [(self._step_query, params)]
+        query = self._lean_query if step.close is None else self._step_query
+        statements: list[Statement] = [(query, params)]
         if step.start is not None:
             start = start_params(step.start)
             if step.start.lease_until is not None:

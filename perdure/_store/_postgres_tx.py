@@ -177,9 +177,9 @@ def id_array(ids: list[int]) -> str:
 
 
 def plain_step_params(step: StepCommit) -> dict[str, Any]:
-    """The parameters of the one-statement ``commit_step`` query."""
+    """The parameters of the one-statement ``commit_step`` (or ``commit_step_lean``) query."""
     close = step.close
-    return {
+    params: dict[str, Any] = {
         "run_id": step.run_id,
         "worker_id": step.worker_id,
         "expected_seq": step.expected_seq,
@@ -217,11 +217,13 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
         "finished_tasks": id_array(step.finished_tasks),
         "consumed_inbox": id_array(step.consumed_inbox),
         "patch": None if not step.search_attributes else dumps(step.search_attributes),
-        "status": None if close is None else close.status,
-        "result": None if close is None or close.result is None else dumps(close.result),
-        "error": None if close is None or close.error is None else dumps(close.error),
-        "closed_at": None if close is None else utcnow(),
     }
+    if close is not None:  # only commit_step reads these (commit_step_lean does not close)
+        params["status"] = close.status
+        params["result"] = None if close.result is None else dumps(close.result)
+        params["error"] = None if close.error is None else dumps(close.error)
+        params["closed_at"] = utcnow()
+    return params
 
 
 def start_params(run: NewRun) -> dict[str, Any]:

@@ -52,7 +52,8 @@ WHERE run_id = %(run_id)s ORDER BY seq;
 SELECT * FROM perdure.tasks WHERE run_id = %(run_id)s ORDER BY activity_id;
 
 -- name: fence_step
--- A message that arrived after the worker last read its inbox keeps the run due.
+-- A message that arrived after the worker last read its inbox keeps the run due. A run
+-- due before and after the step keeps its wake_at (see commit_step_lean).
 UPDATE perdure.workflows AS w
 SET next_event_seq = %(next_event_seq)s,
     wake_at = CASE
@@ -61,6 +62,8 @@ SET next_event_seq = %(next_event_seq)s,
                        AND (i.run_id IS NULL OR i.run_id = w.run_id)
                        AND i.inbox_id <> ALL(%(consumed_inbox)s::bigint[]))
         THEN '1970-01-01 00:00:00+00'::timestamptz
+        WHEN w.wake_at <= %(wake_at)s::timestamptz AND %(wake_at)s::timestamptz <= now()
+        THEN w.wake_at
         ELSE %(wake_at)s::timestamptz
     END,
     -- never shorter than a renewal that ran while this step waited for a connection
@@ -376,6 +379,61 @@ WITH p AS (
     WHERE u.update_id IS NOT NULL AND u.update_id <> ''
     ON CONFLICT (reply_id) DO UPDATE
     SET run_id = excluded.run_id, outcome = excluded.outcome, created_at = excluded.created_at
+)
+SELECT count(*) AS fenced FROM fence;
+
+-- name: commit_step_lean
+-- PostgreSQL only: commit_step for a step that does not close its run (most steps), with
+-- nothing of the close (no parent to tell, no updates to reject): about a third less
+-- work for the server. A run that was due before the step and is due after it keeps its
+-- wake_at (either way a worker that takes it over runs it at once): its indexed columns
+-- then stay as they are, so PostgreSQL updates the row in place (a HOT update, no index
+-- entries written), and the step costs less again.
+WITH fence AS (
+    UPDATE perdure.workflows AS w
+    SET next_event_seq = %(next_event_seq)s,
+        wake_at = CASE
+            WHEN EXISTS (SELECT 1 FROM perdure.inbox i
+                         WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
+                           AND (i.run_id IS NULL OR i.run_id = w.run_id)
+                           AND i.inbox_id <> ALL(%(consumed_inbox)s::bigint[]))
+            THEN 'epoch'::timestamptz
+            WHEN w.wake_at <= %(wake_at)s::timestamptz AND %(wake_at)s::timestamptz <= now()
+            THEN w.wake_at
+            ELSE %(wake_at)s::timestamptz
+        END,
+        -- never shorter than a renewal that ran while this step waited for a connection
+        lease_expires_at = GREATEST(w.lease_expires_at, %(lease_until)s::timestamptz),
+        owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
+        search_attributes = CASE
+            WHEN %(patch)s::jsonb IS NULL THEN w.search_attributes
+            ELSE jsonb_strip_nulls(w.search_attributes || %(patch)s::jsonb)
+        END
+    WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
+      AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
+    RETURNING w.run_id, w.namespace
+), appended AS (
+    INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
+    FROM fence, json_to_recordset(%(events)s::json)
+                AS e(seq integer, event_type text, name text, attributes json,
+                     created_at timestamptz)
+), finished AS (
+    DELETE FROM perdure.tasks
+    WHERE run_id = %(run_id)s AND activity_id = ANY(%(finished_tasks)s::integer[])
+      AND EXISTS (SELECT 1 FROM fence)
+), added AS (
+    INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
+                               label, args, options, attempt, scheduled_at, visible_at)
+    SELECT fence.namespace, fence.run_id, t.activity_id, t.activity_type, t.task_queue,
+           t.label, t.args, t.options, 1, t.scheduled_at, t.visible_at
+    FROM fence, json_to_recordset(%(tasks)s::json)
+                AS t(activity_id integer, activity_type text, task_queue text, label text,
+                     args jsonb, options jsonb, scheduled_at timestamptz,
+                     visible_at timestamptz)
+), consumed AS (
+    DELETE FROM perdure.inbox
+    WHERE inbox_id = ANY(%(consumed_inbox)s::bigint[]) AND EXISTS (SELECT 1 FROM fence)
 )
 SELECT count(*) AS fenced FROM fence;
 

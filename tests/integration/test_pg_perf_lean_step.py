@@ -1,0 +1,192 @@
+"""PostgreSQL: a step that does not close its run takes the lean step statement.
+
+``commit_step_lean`` leaves out everything of a close, and keeps a due run's ``wake_at``
+when the step leaves it due (so that the row is updated in place). These check that it
+still does everything a step must: fence, history, tasks, inbox, search attributes, the
+run's next wake-up, and a takeover once its lease ran out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from pgserver import Databases
+
+from perdure._history import EventType, HistoryEvent
+from perdure._store import open_store
+from perdure._store._base import NewRun, NewTask, StepCommit, StepRejected, utcnow
+from perdure._store._postgres import PostgresStore
+
+T = "job"
+FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
+
+
+async def opened(postgres: Databases) -> PostgresStore:
+    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
+    assert isinstance(store, PostgresStore)
+    await store.migrate()
+    return store
+
+
+async def claimed(store: PostgresStore, worker_id: str = "w1") -> str:
+    run = NewRun(
+        namespace="default",
+        workflow_id=uuid.uuid4().hex,
+        run_id=uuid.uuid4().hex,
+        workflow_type=T,
+        task_queue="q",
+        input=[],
+        wake_at=utcnow(),
+    )
+    await store.start_run(run)
+    (record,) = await store.claim_runs(
+        namespace="default",
+        worker_id=worker_id,
+        task_queues=["q"],
+        workflow_types=[T],
+        limit=1,
+        lease_until=utcnow() + timedelta(seconds=30),
+    )
+    return record.run_id
+
+
+def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
+    kw.setdefault("lease_until", utcnow() + timedelta(seconds=30))
+    return StepCommit(
+        namespace="default",
+        run_id=run_id,
+        worker_id=kw.pop("worker_id", "w1"),
+        expected_seq=seq,
+        events=[
+            HistoryEvent(
+                seq=seq,
+                event_type=EventType.MARKER_RECORDED,
+                name=None,
+                attributes={"z": seq, "a": 0},
+                created_at=utcnow(),
+            )
+        ],
+        **kw,
+    )
+
+
+async def wake_at(store: PostgresStore, run_id: str) -> datetime | None:
+    record = await store.get_run_by_id(run_id)
+    assert record is not None
+    return record.wake_at
+
+
+@pytest.mark.parametrize("group_commit", ["on", "off"])
+async def test_a_run_that_stays_due_keeps_its_wake_at(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres)
+    if group_commit == "off":
+        store.settings = replace(store.settings, group_commit=False)
+    try:
+        run_id = await claimed(store)
+        due_since = await wake_at(store, run_id)
+        assert due_since is not None and due_since <= utcnow()
+        # Due before, due after: the row keeps the earlier time (no index entry changes).
+        await store.commit_step(step(run_id, 1, wake_at=utcnow()))
+        assert await wake_at(store, run_id) == due_since
+        # A wake-up in the future, or none, is written as it is.
+        await store.commit_step(step(run_id, 2, wake_at=FAR))
+        assert await wake_at(store, run_id) == FAR
+        await store.commit_step(step(run_id, 3, wake_at=None))
+        assert await wake_at(store, run_id) is None
+        now = utcnow()
+        await store.commit_step(step(run_id, 4, wake_at=now))
+        assert await wake_at(store, run_id) == now
+        # A later time that is not due yet replaces an earlier one.
+        await store.commit_step(step(run_id, 5, wake_at=utcnow() + timedelta(hours=1)))
+        later = await wake_at(store, run_id)
+        assert later is not None and later > utcnow()
+        assert [e.seq for e in await store.load_history(run_id)] == [1, 2, 3, 4, 5]
+    finally:
+        await store.close()
+
+
+async def test_a_lean_step_writes_its_own_rows_and_is_fenced(postgres: Databases) -> None:
+    store = await opened(postgres)
+    try:
+        run_id = await claimed(store)
+        task = NewTask(
+            activity_id=7,
+            activity_type="a",
+            task_queue="remote",
+            scheduled_at=utcnow(),
+            visible_at=utcnow(),
+        )
+        await store.commit_step(
+            step(run_id, 1, new_tasks=[task], search_attributes={"color": "red", "n": 1})
+        )
+        assert [t.activity_id for t in await store.load_tasks(run_id)] == [7]
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.search_attributes == {"color": "red", "n": 1}
+        # A message the worker had not read keeps the run due; once consumed it is gone.
+        assert record.workflow_id
+        await store.send_inbox("default", record.workflow_id, None, "signal", "s", [1])
+        await store.commit_step(step(run_id, 2, wake_at=FAR, finished_tasks=[7]))
+        assert await store.load_tasks(run_id) == []
+        woken = await wake_at(store, run_id)
+        assert woken is not None and woken < utcnow()
+        (item,) = await store.load_run_inbox(run_id)
+        await store.commit_step(
+            step(
+                run_id,
+                3,
+                wake_at=FAR,
+                consumed_inbox=[item.inbox_id],
+                search_attributes={"n": None},
+            )
+        )
+        assert await store.load_run_inbox(run_id) == []
+        assert await wake_at(store, run_id) == FAR
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.search_attributes == {"color": "red"}
+        events = await store.load_history(run_id)
+        assert [list(e.attributes) for e in events] == [["z", "a"]] * 3  # key order kept
+        # Fenced: a replayed step, another worker, and a released run are all refused.
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 3))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 4, worker_id="w2"))
+        await store.commit_step(step(run_id, 4, release=True, wake_at=utcnow()))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 5))
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.owner is None
+    finally:
+        await store.close()
+
+
+async def test_a_due_run_whose_lease_ran_out_is_taken_over(postgres: Databases) -> None:
+    store = await opened(postgres)
+    try:
+        run_id = await claimed(store)
+        # The step keeps the older wake_at; the run must still count as due for others.
+        await store.commit_step(step(run_id, 1, wake_at=utcnow()))
+        await store.db.statement(
+            lambda conn: conn.execute(
+                "UPDATE perdure.workflows SET lease_expires_at = now() - interval '1 second'"
+            )
+        )
+        taken = await store.claim_runs(
+            namespace="default",
+            worker_id="w2",
+            task_queues=["q"],
+            workflow_types=[T],
+            limit=10,
+            lease_until=utcnow() + timedelta(seconds=30),
+        )
+        assert [r.run_id for r in taken] == [run_id]
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 2))
+        await store.commit_step(step(run_id, 2, worker_id="w2"))
+    finally:
+        await store.close()
