@@ -18,7 +18,7 @@ from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
 from perdure._store import open_store
-from perdure._store._base import NewRun, NewTask, StepCommit, StepRejected, utcnow
+from perdure._store._base import NewRun, NewTask, RunClose, StepCommit, StepRejected, utcnow
 from perdure._store._postgres import PostgresStore
 
 T = "job"
@@ -188,5 +188,48 @@ async def test_a_due_run_whose_lease_ran_out_is_taken_over(postgres: Databases) 
         with pytest.raises(StepRejected):
             await store.commit_step(step(run_id, 2))
         await store.commit_step(step(run_id, 2, worker_id="w2"))
+    finally:
+        await store.close()
+
+
+async def test_steps_find_their_run_by_its_primary_key(postgres: Databases) -> None:
+    """Plans are made once per connection, often while the table is still nearly empty.
+
+    Then PostgreSQL may look a run up by another index that the fence's conditions fit
+    (the runs a worker holds, the running runs) and read every run of the worker at each
+    step; the statements must find the run by its primary key whatever the statistics.
+    """
+    url = postgres.url_for(postgres.create(postgres.template("postgres")))
+    store = open_store(f"{url}?pool_max_size=1")
+    assert isinstance(store, PostgresStore)
+    await store.migrate()
+    try:
+        runs = [await claimed(store) for _ in range(6)]
+        for seq in range(1, 8):  # psycopg prepares a statement at its 5th execution
+            for run_id in runs:
+                await store.commit_step(step(run_id, seq, wake_at=utcnow()))
+        for run_id in runs:
+            close = RunClose(status="completed", result=1, had_children=False)
+            await store.commit_step(step(run_id, 8, close=close))
+
+        async def plans(conn: Any) -> dict[str, str]:
+            found = {}
+            cur = await conn.execute(
+                "SELECT name, statement, cardinality(parameter_types) AS n"
+                " FROM pg_prepared_statements WHERE statement LIKE '%fence AS (%'"
+            )
+            for row in await cur.fetchall():
+                nulls = ", ".join(["NULL"] * row["n"])
+                explained = await conn.execute(f"EXPLAIN EXECUTE {row['name']}({nulls})")
+                plan = "\n".join(r["QUERY PLAN"] for r in await explained.fetchall())
+                found[row["statement"][:60]] = plan
+            return found
+
+        found = await store.db.read(plans)
+        assert len(found) >= 2  # the lean step and the closing step
+        for statement, plan in found.items():
+            update = plan[plan.index("Update on workflows") :]
+            scan = next(line for line in update.splitlines() if "Scan" in line)
+            assert "workflows_pkey" in scan, f"{statement}:\n{plan}"
     finally:
         await store.close()

@@ -1,6 +1,14 @@
 -- Named queries of the PostgreSQL store (psycopg %(name)s parameters; lists are arrays).
 -- The CockroachDB store uses these too, except the blocks that sql/cockroach/queries.sql
 -- overrides. Every "perdure." is replaced by the configured schema.
+--
+-- "CASE WHEN <conditions> THEN true ELSE false END" in a WHERE clause hides those
+-- conditions from the planner's choice of index. A pooled connection plans each
+-- statement once (generic plans), often while the tables are still nearly empty, and
+-- keeps that plan: with "owner = ..." or "status = 'running'" in sight, PostgreSQL
+-- may then find a run by workflows_by_owner or a partial index and read every run a
+-- worker holds, or every running run, at each step. Hidden, only the intended index
+-- (the primary key, mostly) fits, and the conditions are checked on the row it finds.
 
 -- name: insert_run
 INSERT INTO perdure.workflows (
@@ -69,8 +77,9 @@ SET next_event_seq = %(next_event_seq)s,
     -- never shorter than a renewal that ran while this step waited for a connection
     lease_expires_at = GREATEST(lease_expires_at, %(lease_until)s::timestamptz),
     owner = CASE WHEN %(release)s THEN NULL ELSE owner END
-WHERE run_id = %(run_id)s AND owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
-  AND status = 'running';
+WHERE run_id = %(run_id)s
+  AND CASE WHEN owner = %(worker_id)s AND next_event_seq = %(expected_seq)s
+                AND status = 'running' THEN true ELSE false END;
 
 -- name: close_run
 UPDATE perdure.workflows
@@ -111,7 +120,8 @@ SELECT w.namespace, w.run_id, %(activity_id)s, %(activity_type)s, NULL, %(label)
        %(attempt)s, %(scheduled_at)s, %(visible_at)s, %(heartbeat_details)s::jsonb,
        %(last_failure)s::jsonb
 FROM perdure.workflows w
-WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s AND w.status = 'running'
+WHERE w.run_id = %(run_id)s
+  AND CASE WHEN w.owner = %(worker_id)s AND w.status = 'running' THEN true ELSE false END
 ON CONFLICT (run_id, activity_id) DO UPDATE
 SET attempt = excluded.attempt, visible_at = excluded.visible_at,
     heartbeat_details = excluded.heartbeat_details, last_failure = excluded.last_failure;
@@ -124,7 +134,7 @@ INSERT INTO perdure.tasks (
 SELECT w.namespace, w.run_id, %(activity_id)s, %(activity_type)s, NULL, %(label)s,
        %(attempt)s, %(scheduled_at)s, %(scheduled_at)s, %(heartbeat_details)s::jsonb
 FROM perdure.workflows w
-WHERE w.run_id = %(run_id)s AND w.status = 'running'
+WHERE w.run_id = %(run_id)s AND CASE WHEN w.status = 'running' THEN true ELSE false END
 ON CONFLICT (run_id, activity_id) DO UPDATE
 SET heartbeat_details = excluded.heartbeat_details;
 
@@ -139,13 +149,14 @@ WITH renewed AS (
     UPDATE perdure.workflows SET lease_expires_at = %(lease_until)s
     WHERE run_id IN (
         SELECT run_id FROM perdure.workflows
-        WHERE owner = %(worker_id)s AND status = 'running'
+        WHERE owner = %(worker_id)s AND CASE WHEN status = 'running' THEN true ELSE false END
         FOR NO KEY UPDATE SKIP LOCKED
     )
     RETURNING run_id
 )
 SELECT w.run_id, EXISTS (SELECT 1 FROM renewed r WHERE r.run_id = w.run_id) AS renewed
-FROM perdure.workflows w WHERE w.owner = %(worker_id)s AND w.status = 'running';
+FROM perdure.workflows w
+WHERE w.owner = %(worker_id)s AND CASE WHEN w.status = 'running' THEN true ELSE false END;
 
 -- name: release_run
 -- A message that arrived after the worker last read its inbox keeps the run due.
@@ -158,12 +169,12 @@ SET owner = NULL, lease_expires_at = NULL,
         THEN '1970-01-01 00:00:00+00'::timestamptz
         ELSE %(wake_at)s::timestamptz
     END
-WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s;
+WHERE w.run_id = %(run_id)s AND CASE WHEN w.owner = %(worker_id)s THEN true ELSE false END;
 
 -- name: park_run
 UPDATE perdure.workflows
 SET parked_error = %(parked_error)s, owner = NULL, lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND owner = %(worker_id)s;
+WHERE run_id = %(run_id)s AND CASE WHEN owner = %(worker_id)s THEN true ELSE false END;
 
 -- name: unpark_runs
 UPDATE perdure.workflows SET parked_error = NULL, wake_at = %(now)s
@@ -174,7 +185,8 @@ WHERE namespace = %(namespace)s AND status = 'running' AND parked_error IS NOT N
 SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
 FROM perdure.inbox i
 JOIN perdure.workflows w
-  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
+ AND CASE WHEN w.status = 'running' THEN true ELSE false END
 WHERE w.owner = %(worker_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
   AND i.inbox_id > %(after_id)s
 ORDER BY i.inbox_id;
@@ -183,7 +195,8 @@ ORDER BY i.inbox_id;
 SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
 FROM perdure.inbox i
 JOIN perdure.workflows w
-  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id AND w.status = 'running'
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
+ AND CASE WHEN w.status = 'running' THEN true ELSE false END
 WHERE w.run_id = %(run_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
 ORDER BY i.inbox_id;
 
@@ -213,7 +226,8 @@ WHERE run_id = ANY(%(run_ids)s::text[]) AND status != 'running';
 -- Activities of a task queue, for any worker polling it; the run's ids come along.
 WITH due AS (
     SELECT t.run_id, t.activity_id FROM perdure.tasks AS t
-    JOIN perdure.workflows AS w ON w.run_id = t.run_id AND w.status = 'running'
+    JOIN perdure.workflows AS w
+      ON w.run_id = t.run_id AND CASE WHEN w.status = 'running' THEN true ELSE false END
     WHERE t.namespace = %(namespace)s
       AND t.task_queue = ANY(%(task_queues)s::text[])
       AND t.activity_type = ANY(%(activity_types)s::text[])
@@ -312,8 +326,9 @@ WITH p AS (
             ELSE jsonb_strip_nulls(w.search_attributes || p.patch)
         END
     FROM p
-    WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
-      AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
+    WHERE w.run_id = %(run_id)s
+      AND CASE WHEN w.owner = %(worker_id)s AND w.next_event_seq = %(expected_seq)s
+                    AND w.status = 'running' THEN true ELSE false END
     RETURNING w.run_id, w.namespace, w.workflow_id, w.workflow_type, w.parent_run_id,
               w.child_id
 ), appended AS (
@@ -348,7 +363,8 @@ WITH p AS (
                'result', p.result, 'error', p.error)),
            p.closed_at
     FROM p, fence JOIN perdure.workflows AS pw
-      ON pw.run_id = fence.parent_run_id AND pw.status = 'running'
+      ON pw.run_id = fence.parent_run_id
+     AND CASE WHEN pw.status = 'running' THEN true ELSE false END
     WHERE p.status IS NOT NULL
 ), unanswered AS (
     -- Updates still waiting when the run closes are rejected.
@@ -409,8 +425,9 @@ WITH fence AS (
             WHEN %(patch)s::jsonb IS NULL THEN w.search_attributes
             ELSE jsonb_strip_nulls(w.search_attributes || %(patch)s::jsonb)
         END
-    WHERE w.run_id = %(run_id)s AND w.owner = %(worker_id)s
-      AND w.next_event_seq = %(expected_seq)s AND w.status = 'running'
+    WHERE w.run_id = %(run_id)s
+      AND CASE WHEN w.owner = %(worker_id)s AND w.next_event_seq = %(expected_seq)s
+                    AND w.status = 'running' THEN true ELSE false END
     RETURNING w.run_id, w.namespace
 ), appended AS (
     INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
@@ -478,7 +495,8 @@ WHERE namespace = %(namespace)s AND NOT paused
   AND (due_at <= %(now)s
        OR (buffered_fire_at IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM perdure.workflows w
-                           WHERE w.run_id = s.last_run_id AND w.status = 'running')))
+                           WHERE w.run_id = s.last_run_id
+                             AND CASE WHEN w.status = 'running' THEN true ELSE false END)))
 ORDER BY due_at LIMIT %(limit)s;
 
 -- name: update_schedule
