@@ -377,6 +377,7 @@ class Worker(ActivityExecution):
             if capacity <= 0:
                 return
         claimed_at = time.monotonic()
+        limit = min(capacity, 64)
         self._claims_in_flight += 1
         try:
             # Small batches: each claimed run costs a few reads to adopt, and a flood of
@@ -386,9 +387,11 @@ class Worker(ActivityExecution):
                 worker_id=self.worker_id,
                 task_queues=self.task_queues,
                 workflow_types=types,
-                limit=min(capacity, 64),
+                limit=limit,
                 lease_until=utcnow() + timedelta(seconds=self.lease_duration),
             )
+            if len(records) == limit:
+                self._wake.set()  # more may be due: claim again without waiting for a poll
             for record in records:
                 if record.run_id in self.runs or record.run_id in self._adopting_ids:
                     continue  # ours already: the claim only refreshed its lease

@@ -172,3 +172,25 @@ async def test_a_full_worker_evicts_idle_runs_to_make_room(app: perdure.App) -> 
         for handle in waiting:
             await handle.signal("go", "went")
         assert [await h.result(timeout=20) for h in waiting] == ["went"] * 3
+
+
+async def test_a_backlog_larger_than_one_claim_is_taken_without_waiting_for_polls(
+    app: perdure.App, database_url: str
+) -> None:
+    @app.workflow
+    async def nothing(ctx: WorkflowContext, i: int) -> int:
+        return i
+
+    # Started through a plain client before any worker runs: nothing wakes the worker
+    # but its own polls, and it polls once an hour. A claim takes at most 64 runs; one
+    # that comes back full must look again at once.
+    handles = await asyncio.gather(*(app.start_workflow(nothing, i) for i in range(200)))
+    worker_app = perdure.App(database_url)
+    worker_app._registry = app._registry
+    try:
+        async with worker_app.worker(poll_interval="1h") as worker:
+            results = [await h.result(timeout=60) for h in handles]
+    finally:
+        await worker_app.close()
+    assert results == list(range(200))
+    assert worker.stats.runs_adopted == 200
