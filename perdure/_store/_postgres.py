@@ -42,6 +42,7 @@ from perdure._store._postgres_db import (
     Dedicated,
     GroupCommit,
     Listener,
+    Merge,
     RawQuery,
     Settings,
     Statement,
@@ -57,6 +58,7 @@ from perdure._store._postgres_tx import (
     event_from_row,
     inbox_from_row,
     is_plain,
+    merged_step_params,
     plain_step_params,
     progress_params,
     remote_task_from_row,
@@ -89,9 +91,12 @@ class PostgresStore(Store):
             generic_plans=self.dialect == "postgres",
         )
         self._listener: Listener | None = None
-        self._group = GroupCommit(self.db, prepare=_fresh_lease)
         self._step_query = RawQuery.parse(self.q["commit_step"])  # a step that closes its run
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
+        # Lean steps committed together go out as one statement.
+        many = RawQuery.parse(self.q["commit_steps_lean"])
+        merge = Merge(self._lean_query, many, merged_step_params)
+        self._group = GroupCommit(self.db, prepare=_fresh_lease, merge=merge)
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)

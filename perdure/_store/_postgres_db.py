@@ -435,6 +435,19 @@ class RawQuery:
 Statement = tuple[RawQuery, dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Writes that are one statement of ``single`` each go out as ONE ``many`` statement.
+
+    ``combine`` turns their parameters (in order) into ``many``'s; ``many`` returns the
+    position of every write that applied (a fenced step that lost its fence does not).
+    """
+
+    single: RawQuery
+    many: RawQuery
+    combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
 class GroupCommit:
     """Queue concurrent writes; run each batch in ONE transaction.
 
@@ -451,8 +464,10 @@ class GroupCommit:
         *,
         max_batch: int = 256,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        merge: Merge | None = None,
     ) -> None:
         self._db = db
+        self._merge = merge
         self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
         self._queue: list[tuple[list[Statement], asyncio.Future[list[Any]]]] = []
@@ -500,7 +515,40 @@ class GroupCommit:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
             query, params = batch[0][0]
             return [[await query.first(conn, prepare(params))]]
+        merge = self._merge
+        if merge is not None:
+            merged = [k for k, w in enumerate(batch) if len(w) == 1 and w[0][0] is merge.single]
+            if len(merged) > 1:
+                return await self._run_merged(conn, batch, merged, merge)
         return await pipelined(conn, batch, prepare, self._db.maybe_fail)
+
+    async def _run_merged(
+        self, conn: Conn, batch: list[list[Statement]], merged: list[int], merge: Merge
+    ) -> list[list[Any]]:
+        """The batch with its ``merge.single`` writes as one statement (one transaction)."""
+        prepare = self._prepare
+        chosen = set(merged)
+        rest = [w for k, w in enumerate(batch) if k not in chosen]
+        params = merge.combine([prepare(batch[k][0][1]) for k in merged])
+        cursors: list[list[AsyncRawCursor[tuple[Any, ...]]]] = []
+        async with conn.pipeline(), conn.transaction():
+            for write in rest:
+                mine = []
+                for query, p in write:
+                    cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                    await cur.execute(query.text, query.args(prepare(p)))
+                    mine.append(cur)
+                cursors.append(mine)
+            many = AsyncRawCursor(conn, row_factory=tuple_row)
+            await many.execute(merge.many.text, merge.many.args(params))
+            await self._db.maybe_fail(conn)
+        rest_values = iter([[_first(await cur.fetchone()) for cur in mine] for mine in cursors])
+        applied = {row[0] for row in await many.fetchall()}
+        position = {k: j for j, k in enumerate(merged)}
+        return [
+            [1 if position[k] in applied else 0] if k in chosen else next(rest_values)
+            for k in range(len(batch))
+        ]
 
     async def _alone(self, write: list[Statement], future: asyncio.Future[list[Any]]) -> None:
         try:

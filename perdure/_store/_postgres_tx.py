@@ -7,6 +7,7 @@ dialects stay alike. Every method runs inside a transaction its caller opened.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from psycopg import errors
@@ -224,6 +225,40 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
         params["error"] = None if close.error is None else dumps(close.error)
         params["closed_at"] = utcnow()
     return params
+
+
+def _json_time(value: datetime | None) -> str:
+    return "null" if value is None else f'"{value.isoformat()}"'
+
+
+def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``commit_steps_lean``: many steps' ``plain_step_params`` in one.
+
+    The steps go as one JSON array; their events and tasks are JSON texts already and go
+    in as they are (not decoded and encoded again).
+    """
+    parts = []
+    consumed = []
+    for i, p in enumerate(steps):
+        parts.append(
+            f'{{"i":{i},"run_id":{dumps(p["run_id"])},"worker_id":{dumps(p["worker_id"])},'
+            f'"expected_seq":{int(p["expected_seq"])},'
+            f'"next_event_seq":{int(p["next_event_seq"])},'
+            f'"wake_at":{_json_time(p["wake_at"])},'
+            f'"lease_until":{_json_time(p["lease_until"])},'
+            f'"release":{"true" if p["release"] else "false"},'
+            f'"consumed_inbox":"{p["consumed_inbox"]}",'
+            f'"finished_tasks":"{p["finished_tasks"]}",'
+            f'"patch":{"null" if p["patch"] is None else p["patch"]},'
+            f'"events":{p["events"]},"tasks":{p["tasks"]}}}'
+        )
+        if p["consumed_inbox"] != "{}":
+            consumed.append(p["consumed_inbox"][1:-1])
+    return {
+        "steps": "[" + ",".join(parts) + "]",
+        "run_ids": [p["run_id"] for p in steps],
+        "consumed_inbox": "{" + ",".join(consumed) + "}",
+    }
 
 
 def start_params(run: NewRun) -> dict[str, Any]:

@@ -8,6 +8,7 @@ run's next wake-up, and a takeover once its lease ran out.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -231,5 +232,64 @@ async def test_steps_find_their_run_by_its_primary_key(postgres: Databases) -> N
             update = plan[plan.index("Update on workflows") :]
             scan = next(line for line in update.splitlines() if "Scan" in line)
             assert "workflows_pkey" in scan, f"{statement}:\n{plan}"
+    finally:
+        await store.close()
+
+
+async def test_lean_steps_committed_together_apply_each_by_its_own_fence(
+    postgres: Databases,
+) -> None:
+    """A group commit sends its lean steps as one statement (commit_steps_lean)."""
+    store = await opened(postgres)
+    try:
+        runs = [await claimed(store) for _ in range(6)]
+        signalled = await store.get_run_by_id(runs[2])
+        assert signalled is not None
+        await store.send_inbox("default", signalled.workflow_id, None, "signal", "s", [1])
+        (item,) = await store.load_run_inbox(runs[2])
+        task = NewTask(
+            activity_id=3, activity_type="a", task_queue="remote", scheduled_at=utcnow(),
+            visible_at=utcnow(),
+        )  # fmt: skip
+        steps = [
+            step(runs[0], 1, wake_at=utcnow()),
+            step(runs[1], 1, new_tasks=[task], search_attributes={"k": "v"}),
+            step(runs[2], 1, consumed_inbox=[item.inbox_id], wake_at=FAR),
+            step(runs[3], 1, worker_id="w2"),  # not the owner
+            step(runs[4], 2),  # not the run's next seq
+            step(runs[5], 1),
+            step(runs[5], 1),  # the same step twice: once only
+        ]
+        before = store._group.transactions
+        outcomes = await asyncio.gather(
+            *(store.commit_step(s) for s in steps), return_exceptions=True
+        )
+        assert store._group.transactions - before <= 2
+        rejected = [isinstance(o, StepRejected) for o in outcomes]
+        assert rejected[:5] == [False, False, False, True, True]
+        assert sorted(rejected[5:]) == [False, True]
+        for run_id in (runs[0], runs[1], runs[2], runs[5]):
+            events = await store.load_history(run_id)
+            assert [(e.seq, list(e.attributes)) for e in events] == [(1, ["z", "a"])]
+            record = await store.get_run_by_id(run_id)
+            assert record is not None and record.next_event_seq == 2
+        for run_id in (runs[3], runs[4]):
+            assert await store.load_history(run_id) == []
+        assert [t.activity_id for t in await store.load_tasks(runs[1])] == [3]
+        record = await store.get_run_by_id(runs[1])
+        assert record is not None and record.search_attributes == {"k": "v"}
+        assert await store.load_run_inbox(runs[2]) == []
+        assert await wake_at(store, runs[2]) == FAR
+        # Next round, mixed with a closing step and a start: all in order again.
+        close = RunClose(status="completed", result=1, had_children=False)
+        await asyncio.gather(
+            store.commit_step(step(runs[0], 2, close=close)),
+            store.commit_step(step(runs[1], 2, finished_tasks=[3])),
+            store.commit_step(step(runs[2], 2)),
+        )
+        record = await store.get_run_by_id(runs[0])
+        assert record is not None and record.status == "completed"
+        assert await store.load_tasks(runs[1]) == []
+        assert [e.seq for e in await store.load_history(runs[2])] == [1, 2]
     finally:
         await store.close()
