@@ -58,6 +58,7 @@ from perdure._store._postgres_tx import (
     event_from_row,
     inbox_from_row,
     is_plain,
+    mergeable,
     merged_step_params,
     plain_step_params,
     progress_params,
@@ -95,7 +96,7 @@ class PostgresStore(Store):
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
         # Lean steps committed together go out as one statement.
         many = RawQuery.parse(self.q["commit_steps_lean"])
-        merge = Merge(self._lean_query, many, merged_step_params)
+        merge = Merge(self._lean_query, many, mergeable, merged_step_params)
         self._group = GroupCommit(self.db, prepare=_fresh_lease, merge=merge)
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         # The lease loop's statements: never queued behind the pool (see Dedicated).

@@ -439,12 +439,14 @@ Statement = tuple[RawQuery, dict[str, Any]]
 class Merge:
     """Writes that are one statement of ``single`` each go out as ONE ``many`` statement.
 
-    ``combine`` turns their parameters (in order) into ``many``'s; ``many`` returns the
-    position of every write that applied (a fenced step that lost its fence does not).
+    Only writes whose parameters ``accepts``; ``combine`` turns their parameters (in
+    order) into ``many``'s; ``many`` returns the position of every write that applied (a
+    fenced step that lost its fence does not).
     """
 
     single: RawQuery
     many: RawQuery
+    accepts: Callable[[dict[str, Any]], bool]
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -517,7 +519,11 @@ class GroupCommit:
             return [[await query.first(conn, prepare(params))]]
         merge = self._merge
         if merge is not None:
-            merged = [k for k, w in enumerate(batch) if len(w) == 1 and w[0][0] is merge.single]
+            merged = [
+                k
+                for k, w in enumerate(batch)
+                if len(w) == 1 and w[0][0] is merge.single and merge.accepts(w[0][1])
+            ]
             if len(merged) > 1:
                 return await self._run_merged(conn, batch, merged, merge)
         return await pipelined(conn, batch, prepare, self._db.maybe_fail)

@@ -231,34 +231,29 @@ def _json_time(value: datetime | None) -> str:
     return "null" if value is None else f'"{value.isoformat()}"'
 
 
+def mergeable(params: dict[str, Any]) -> bool:
+    """Whether a lean step can go in ``commit_steps_lean``: it deletes no rows."""
+    return bool(params["finished_tasks"] == "{}" and params["consumed_inbox"] == "{}")
+
+
 def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of ``commit_steps_lean``: many steps' ``plain_step_params`` in one.
 
     The steps go as one JSON array; their events and tasks are JSON texts already and go
     in as they are (not decoded and encoded again).
     """
-    parts = []
-    consumed = []
-    for i, p in enumerate(steps):
-        parts.append(
-            f'{{"i":{i},"run_id":{dumps(p["run_id"])},"worker_id":{dumps(p["worker_id"])},'
-            f'"expected_seq":{int(p["expected_seq"])},'
-            f'"next_event_seq":{int(p["next_event_seq"])},'
-            f'"wake_at":{_json_time(p["wake_at"])},'
-            f'"lease_until":{_json_time(p["lease_until"])},'
-            f'"release":{"true" if p["release"] else "false"},'
-            f'"consumed_inbox":"{p["consumed_inbox"]}",'
-            f'"finished_tasks":"{p["finished_tasks"]}",'
-            f'"patch":{"null" if p["patch"] is None else p["patch"]},'
-            f'"events":{p["events"]},"tasks":{p["tasks"]}}}'
-        )
-        if p["consumed_inbox"] != "{}":
-            consumed.append(p["consumed_inbox"][1:-1])
-    return {
-        "steps": "[" + ",".join(parts) + "]",
-        "run_ids": [p["run_id"] for p in steps],
-        "consumed_inbox": "{" + ",".join(consumed) + "}",
-    }
+    parts = [
+        f'{{"i":{i},"run_id":{dumps(p["run_id"])},"worker_id":{dumps(p["worker_id"])},'
+        f'"expected_seq":{int(p["expected_seq"])},'
+        f'"next_event_seq":{int(p["next_event_seq"])},'
+        f'"wake_at":{_json_time(p["wake_at"])},'
+        f'"lease_until":{_json_time(p["lease_until"])},'
+        f'"release":{"true" if p["release"] else "false"},'
+        f'"patch":{"null" if p["patch"] is None else p["patch"]},'
+        f'"events":{p["events"]},"tasks":{p["tasks"]}}}'
+        for i, p in enumerate(steps)
+    ]
+    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
 
 
 def start_params(run: NewRun) -> dict[str, Any]:

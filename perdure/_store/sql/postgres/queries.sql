@@ -459,21 +459,21 @@ SELECT count(*) AS fenced FROM fence;
 -- a group commit: the server plans, starts and ends one statement instead of one per
 -- step, and the client sends one parameter. Each step applies only if its own fence
 -- matched; the statement returns the position (i) of every step that did. The runs are
--- found through the primary key (run_id = ANY): never a scan of the table.
+-- found through the primary key (run_id = ANY): never a scan of the table. Steps that
+-- finish task rows or consume inbox messages are not taken (they go one statement
+-- each): deleting those rows here would join every step with every other's rows.
 WITH s AS (
     SELECT * FROM json_to_recordset(%(steps)s::json)
         AS s(i integer, run_id text, worker_id text, expected_seq integer,
              next_event_seq integer, wake_at timestamptz, lease_until timestamptz,
-             release boolean, consumed_inbox bigint[], finished_tasks integer[],
-             patch jsonb, events json, tasks json)
+             release boolean, patch jsonb, events json, tasks json)
 ), fence AS (
     UPDATE perdure.workflows AS w
     SET next_event_seq = s.next_event_seq,
         wake_at = CASE
             WHEN EXISTS (SELECT 1 FROM perdure.inbox i
                          WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
-                           AND (i.run_id IS NULL OR i.run_id = w.run_id)
-                           AND i.inbox_id <> ALL(s.consumed_inbox))
+                           AND (i.run_id IS NULL OR i.run_id = w.run_id))
             THEN 'epoch'::timestamptz
             WHEN w.wake_at <= s.wake_at AND s.wake_at <= now() THEN w.wake_at
             ELSE s.wake_at
@@ -488,18 +488,13 @@ WITH s AS (
     WHERE w.run_id = ANY(%(run_ids)s::text[]) AND w.run_id = s.run_id
       AND CASE WHEN w.owner = s.worker_id AND w.next_event_seq = s.expected_seq
                     AND w.status = 'running' THEN true ELSE false END
-    RETURNING s.i, w.run_id, w.namespace, s.events, s.tasks, s.finished_tasks,
-              s.consumed_inbox
+    RETURNING s.i, w.run_id, w.namespace, s.events, s.tasks
 ), appended AS (
     INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
     SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
     FROM fence, json_to_recordset(fence.events)
                 AS e(seq integer, event_type text, name text, attributes json,
                      created_at timestamptz)
-), finished AS (
-    DELETE FROM perdure.tasks AS t USING fence
-    WHERE t.run_id = ANY(%(run_ids)s::text[]) AND t.run_id = fence.run_id
-      AND t.activity_id = ANY(fence.finished_tasks)
 ), added AS (
     INSERT INTO perdure.tasks (namespace, run_id, activity_id, activity_type, task_queue,
                                label, args, options, attempt, scheduled_at, visible_at)
@@ -509,10 +504,6 @@ WITH s AS (
                 AS t(activity_id integer, activity_type text, task_queue text, label text,
                      args jsonb, options jsonb, scheduled_at timestamptz,
                      visible_at timestamptz)
-), consumed AS (
-    DELETE FROM perdure.inbox AS i USING fence
-    WHERE i.inbox_id = ANY(%(consumed_inbox)s::bigint[])
-      AND i.inbox_id = ANY(fence.consumed_inbox)
 )
 SELECT i FROM fence;
 
