@@ -330,11 +330,12 @@ async def test_serialization_failures_are_retried_transparently(
 
     try:
         async with app.worker(poll_interval="20ms"):
-            results = await asyncio.gather(*(app.execute_workflow(chain, 3) for _ in range(5)))
-        assert results == [24] * 5
+            results = await asyncio.gather(*(app.execute_workflow(chain, 3) for _ in range(10)))
+        assert results == [24] * 10
         store = await app._get_store()
         assert isinstance(store, PostgresStore)
-        assert store.db.injected > 10
+        # Half of some 60 transactions fail: fewer than 5 would be a one-in-a-billion draw.
+        assert store.db.injected >= 5
         # Stopping the worker may cancel its poll and lease loops between an injected
         # failure and its retry (nothing is lost: they were stopping anyway).
         assert store.db.retries >= store.db.injected - 2
