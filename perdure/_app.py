@@ -77,6 +77,9 @@ class App:
         self._store_lock: asyncio.Lock | None = None
         self._workers: set[Worker] = set()
         self._close_waiters: dict[str, list[asyncio.Future[RunClose | None]]] = {}
+        # Outcomes of runs this process's worker closed lately: result() of a run that
+        # already closed here needs no read of its row.
+        self._recent_closes: dict[str, RunClose] = {}
         self._result_poll_interval = 0.2
         self._watched: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -268,6 +271,11 @@ class App:
         await self._wait_closed(reply_id, timeout, watch=False)
 
     def _run_closed(self, run_id: str, close: RunClose | None = None) -> None:
+        if close is not None:
+            recent = self._recent_closes
+            recent[run_id] = close
+            if len(recent) > 4096:
+                del recent[next(iter(recent))]
         for fut in self._close_waiters.pop(run_id, []):
             if not fut.done():
                 fut.set_result(close)

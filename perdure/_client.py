@@ -117,7 +117,11 @@ class WorkflowHandle(Generic[R]):
         run_id = self.run_id
         while True:
             rec: RunRecord | None = None
-            if run_id is not None and self.app._live_runner(run_id) is not None:
+            close = None if run_id is None else self.app._recent_closes.get(run_id)
+            if close is not None:
+                # Closed lately by this process's worker (a closed run never changes).
+                current, status = str(run_id), WorkflowStatus(close.status)
+            elif run_id is not None and self.app._live_runner(run_id) is not None:
                 # This process's worker holds the run: it is running, and its close wakes
                 # us at once (no need to ask the database first).
                 current, status = run_id, WorkflowStatus.RUNNING
@@ -138,6 +142,7 @@ class WorkflowHandle(Generic[R]):
                 if close is None:  # closed elsewhere (or not yet): read the row again
                     run_id = current
                     continue
+            if close is not None:
                 status, result, error, next_run = (
                     WorkflowStatus(close.status),
                     close.result,
