@@ -213,13 +213,17 @@ def perdure_commit() -> str:
 
 def snapshot_sources(workdir: Path) -> Path:
     """Copy perdure and benchmarks aside: every job of a run measures the same code,
-    even while the checkout changes under it."""
+    even while the checkout changes under it. (Plus the tests' PostgreSQL server
+    helper, which benchmarks/pg.py builds on and the jobs import from the copy.)"""
     import perdure
 
     folder = workdir / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(Path(perdure.__file__).resolve().parent, folder / "perdure", ignore=ignore)
-    shutil.copytree(Path(__file__).resolve().parent, folder / "benchmarks", ignore=ignore)
+    here = Path(__file__).resolve().parent
+    shutil.copytree(here, folder / "benchmarks", ignore=ignore)
+    (folder / "tests").mkdir()
+    shutil.copy2(here.parent / "tests" / "pgserver.py", folder / "tests" / "pgserver.py")
     return folder
 
 
