@@ -107,6 +107,29 @@ class NewRun:
             closed_at=None,
         )
 
+    def insert_params(
+        self, dumps: Callable[[Any], Any], when: Callable[[datetime | None], Any]
+    ) -> dict[str, Any]:
+        """The parameters of every dialect's ``insert_run``, in its JSON and time encodings."""
+        return {
+            "run_id": self.run_id,
+            "namespace": self.namespace,
+            "workflow_id": self.workflow_id,
+            "workflow_type": self.workflow_type,
+            "task_queue": self.task_queue,
+            "input": dumps(self.input),
+            "parent_workflow_id": self.parent_workflow_id,
+            "parent_run_id": self.parent_run_id,
+            "parent_close_policy": self.parent_close_policy,
+            "child_id": self.child_id,
+            "search_attributes": dumps(self.search_attributes),
+            "memo": dumps(self.memo),
+            "wake_at": when(self.wake_at),
+            "owner": self.owner,  # set when the starting process's worker takes it at once
+            "lease_until": when(self.lease_until),
+            "created_at": when(self.created_at or utcnow()),
+        }
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Message:

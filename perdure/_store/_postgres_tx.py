@@ -258,24 +258,11 @@ def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 def start_params(run: NewRun) -> dict[str, Any]:
     """The parameters of ``insert_run`` (and of ``start_insert``)."""
-    return {
-        "run_id": run.run_id,
-        "namespace": run.namespace,
-        "workflow_id": run.workflow_id,
-        "workflow_type": run.workflow_type,
-        "task_queue": run.task_queue,
-        "input": dumps(run.input),
-        "parent_workflow_id": run.parent_workflow_id,
-        "parent_run_id": run.parent_run_id,
-        "parent_close_policy": run.parent_close_policy,
-        "child_id": run.child_id,
-        "search_attributes": dumps(run.search_attributes),
-        "memo": dumps(run.memo),
-        "wake_at": run.wake_at,
-        "owner": run.owner,  # set when the starting process's worker takes it at once
-        "lease_until": run.lease_until,
-        "created_at": run.created_at or utcnow(),
-    }
+    return run.insert_params(dumps, _as_is)
+
+
+def _as_is(when: datetime | None) -> datetime | None:
+    return when  # psycopg sends datetimes as timestamptz
 
 
 def start_insert(insert_run: str) -> str:

@@ -275,24 +275,7 @@ APPEND_EVENT = (
 
 
 def run_params(run: NewRun) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "namespace": run.namespace,
-        "workflow_id": run.workflow_id,
-        "workflow_type": run.workflow_type,
-        "task_queue": run.task_queue,
-        "input": dumps(run.input),
-        "parent_workflow_id": run.parent_workflow_id,
-        "parent_run_id": run.parent_run_id,
-        "parent_close_policy": run.parent_close_policy,
-        "child_id": run.child_id,
-        "search_attributes": dumps(run.search_attributes),
-        "memo": dumps(run.memo),
-        "wake_at": fmt(run.wake_at),
-        "owner": run.owner,
-        "lease_until": fmt_opt(run.lease_until),
-        "created_at": fmt(run.created_at or utcnow()),
-    }
+    return run.insert_params(dumps, fmt_opt)
 
 
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
