@@ -281,6 +281,25 @@ class ScheduleRecord:
     created_at: datetime
     updated_at: datetime
 
+    def insert_params(
+        self, dumps: Callable[[Any], Any], when: Callable[[datetime | None], Any]
+    ) -> dict[str, Any]:
+        """The parameters of every dialect's ``insert_schedule``, in its encodings."""
+        return {
+            "namespace": self.namespace,
+            "schedule_id": self.schedule_id,
+            "workflow_type": self.workflow_type,
+            "task_queue": self.task_queue,
+            "args": dumps(self.args),
+            "spec": dumps(self.spec),
+            "overlap": self.overlap,
+            "catchup_window": self.catchup_window,
+            "paused": self.paused,
+            "next_fire_at": when(self.next_fire_at),
+            "due_at": when(self.due_at),
+            "now": when(self.created_at),
+        }
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ScheduleChange:

@@ -536,19 +536,12 @@ class GroupCommit:
         chosen = set(merged)
         rest = [w for k, w in enumerate(batch) if k not in chosen]
         params = merge.combine([prepare(batch[k][0][1]) for k in merged])
-        cursors: list[list[AsyncRawCursor[tuple[Any, ...]]]] = []
         async with conn.pipeline(), conn.transaction():
-            for write in rest:
-                mine = []
-                for query, p in write:
-                    cur = AsyncRawCursor(conn, row_factory=tuple_row)
-                    await cur.execute(query.text, query.args(prepare(p)))
-                    mine.append(cur)
-                cursors.append(mine)
+            cursors = await _send(conn, rest, prepare)
             many = AsyncRawCursor(conn, row_factory=tuple_row)
             await many.execute(merge.many.text, merge.many.args(params))
             await self._db.maybe_fail(conn)
-        rest_values = iter([[_first(await cur.fetchone()) for cur in mine] for mine in cursors])
+        rest_values = iter(await _firsts(cursors))
         applied = {row[0] for row in await many.fetchall()}
         position = {k: j for j, k in enumerate(merged)}
         return [
@@ -575,17 +568,33 @@ async def pipelined(
 ) -> list[list[Any]]:
     """Run the writes in ONE transaction: BEGIN, the statements and COMMIT go out together
     (one round trip, one commit). The first column of each statement's first row."""
-    cursors: list[list[AsyncRawCursor[tuple[Any, ...]]]] = []
     async with conn.pipeline(), conn.transaction():
-        for write in writes:
-            mine = []
-            for query, params in write:
-                cur = AsyncRawCursor(conn, row_factory=tuple_row)
-                await cur.execute(query.text, query.args(prepare(params)))
-                mine.append(cur)
-            cursors.append(mine)
+        cursors = await _send(conn, writes, prepare)
         if before_commit is not None:
             await before_commit(conn)
+    return await _firsts(cursors)
+
+
+_Cursors = list[list[AsyncRawCursor[tuple[Any, ...]]]]
+
+
+async def _send(
+    conn: Conn, writes: list[list[Statement]], prepare: Callable[[dict[str, Any]], dict[str, Any]]
+) -> _Cursors:
+    """Queue each write's statements in the open pipeline; their cursors, per write."""
+    cursors: _Cursors = []
+    for write in writes:
+        mine = []
+        for query, params in write:
+            cur = AsyncRawCursor(conn, row_factory=tuple_row)
+            await cur.execute(query.text, query.args(prepare(params)))
+            mine.append(cur)
+        cursors.append(mine)
+    return cursors
+
+
+async def _firsts(cursors: _Cursors) -> list[list[Any]]:
+    """The first column of each statement's first row, per write."""
     return [[_first(await cur.fetchone()) for cur in mine] for mine in cursors]
 
 

@@ -297,20 +297,7 @@ def schedule_from_row(row: Row) -> ScheduleRecord:
 
 
 def schedule_params(schedule: ScheduleRecord) -> dict[str, Any]:
-    return {
-        "namespace": schedule.namespace,
-        "schedule_id": schedule.schedule_id,
-        "workflow_type": schedule.workflow_type,
-        "task_queue": schedule.task_queue,
-        "args": dumps(schedule.args),
-        "spec": dumps(schedule.spec),
-        "overlap": schedule.overlap,
-        "catchup_window": schedule.catchup_window,
-        "paused": schedule.paused,
-        "next_fire_at": schedule.next_fire_at,
-        "due_at": schedule.due_at,
-        "now": schedule.created_at,
-    }
+    return schedule.insert_params(dumps, _as_is)
 
 
 def change_params(change: ScheduleChange, started: list[NewRun]) -> dict[str, Any]:

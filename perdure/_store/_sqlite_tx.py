@@ -568,23 +568,7 @@ def schedule_from_row(row: sqlite3.Row) -> ScheduleRecord:
 
 
 def insert_schedule(conn: sqlite3.Connection, schedule: ScheduleRecord) -> None:
-    inserted = conn.execute(
-        Q["insert_schedule"],
-        {
-            "namespace": schedule.namespace,
-            "schedule_id": schedule.schedule_id,
-            "workflow_type": schedule.workflow_type,
-            "task_queue": schedule.task_queue,
-            "args": dumps(schedule.args),
-            "spec": dumps(schedule.spec),
-            "overlap": schedule.overlap,
-            "catchup_window": schedule.catchup_window,
-            "paused": schedule.paused,
-            "next_fire_at": fmt_opt(schedule.next_fire_at),
-            "due_at": fmt_opt(schedule.due_at),
-            "now": fmt(schedule.created_at),
-        },
-    ).rowcount
+    inserted = conn.execute(Q["insert_schedule"], schedule.insert_params(dumps, fmt_opt)).rowcount
     if inserted != 1:
         raise ValueError(
             f"schedule {schedule.schedule_id!r} already exists; delete it first "
