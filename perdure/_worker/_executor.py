@@ -63,10 +63,10 @@ class ActivityExecution:
     def _count_activity(self) -> None:
         raise NotImplementedError
 
-    def lease_safe(self, run: HeldRun) -> bool:
+    def _lease_safe(self, run: HeldRun) -> bool:
         raise NotImplementedError
 
-    async def lease_renewed(self) -> None:
+    async def _lease_renewed(self) -> None:
         raise NotImplementedError
 
     async def _flush_heartbeats(self) -> None:
@@ -202,11 +202,11 @@ class ActivityExecution:
                 else:
                     act.apply_defaults(defn.options)
                     await self._activity_slots.acquire()
-                    if not self.lease_safe(run):
+                    if not self._lease_safe(run):
                         # A late renewal: another worker may be taking the run over and
                         # would run this attempt too. Start it only once the lease is ours.
                         self._activity_slots.release()
-                        await self.lease_renewed()
+                        await self._lease_renewed()
                         continue
                     act.in_attempt = True
                     try:

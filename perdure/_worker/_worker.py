@@ -252,22 +252,22 @@ class Worker(ActivityExecution):
         await fire_due_schedules(self)
 
     @property
-    def lease_margin(self) -> float:
+    def _lease_margin(self) -> float:
         """Headroom kept on every lease: renewals come every quarter of it, and clocks of
         different machines may disagree by up to this much."""
         return self.lease_duration / 4
 
-    def lease_safe(self, run: HeldRun) -> bool:
+    def _lease_safe(self, run: HeldRun) -> bool:
         """Whether no other worker can have taken the run: its lease has headroom left."""
-        return time.monotonic() < run.lease_bound - self.lease_margin
+        return time.monotonic() < run.lease_bound - self._lease_margin
 
-    async def lease_renewed(self) -> None:
+    async def _lease_renewed(self) -> None:
         """Wait for the next renewal attempt of the lease loop."""
         await self._renewed.wait()
 
     async def _lease_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_margin)
+            await asyncio.sleep(self._lease_margin)
             try:
                 await self._renew()
             except asyncio.CancelledError:
