@@ -166,6 +166,7 @@ class PostgresStore(Store):
             await self._listener.close()
             self._listener = None
         await self._lease_conn.close_connection()
+        await self._group.close()
         await self.db.close()
 
     # -- wake-ups --------------------------------------------------------

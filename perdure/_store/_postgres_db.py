@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import re
 import select
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache, partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import AsyncConnection, AsyncRawCursor, errors, sql
+from psycopg.pq import ExecStatus
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -410,6 +414,8 @@ class RawQuery:
 
     text: str
     names: tuple[str, ...]
+    # The name it is prepared under on a Link (the same text, the same name).
+    name: bytes = field(default=b"", compare=False)
 
     @classmethod
     def parse(cls, query: str) -> RawQuery:
@@ -420,7 +426,9 @@ class RawQuery:
                 names.append(match.group(1))
             return f"${names.index(match.group(1)) + 1}"
 
-        return cls(_NAMED.sub(number, query).replace("%%", "%"), tuple(names))
+        text = _NAMED.sub(number, query).replace("%%", "%")
+        digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+        return cls(text, tuple(names), f"perdure_{digest}".encode())
 
     def args(self, params: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(params[name] for name in self.names)
@@ -450,6 +458,175 @@ class Merge:
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
+def encode_param(value: Any) -> bytes | None:
+    """A parameter in PostgreSQL's text format, for a statement prepared on a ``Link``.
+
+    Only the types the step statements take (their SQL casts what needs casting); the
+    server infers each parameter's type once, when the statement is prepared.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    if isinstance(value, list):  # text[] (run ids): an array literal
+        return ("{" + ",".join(_array_item(v) for v in value) + "}").encode()
+    raise TypeError(f"cannot send {type(value).__name__} as a step statement parameter")
+
+
+def _array_item(value: Any) -> str:
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Link:
+    """Group commit's own connection, outside the pool, and a lean way to use it.
+
+    Every batch used to check a connection out of the pool and back in, and a lone
+    statement went through psycopg's cursor machinery (parameter adaptation, its
+    prepared-statement bookkeeping, a generic wait loop): together most of the client
+    CPU of a sequential workflow's step. Here a lone statement is prepared once per
+    connection under its own name and sent with ``PQsendQueryPrepared``, its parameters
+    already text. Batches of several statements still go through psycopg (pipeline mode),
+    on this same connection. Only the group-commit flusher uses it, one batch at a time.
+    """
+
+    def __init__(self, db: Database, *, connect_timeout: float = 30) -> None:
+        self._db = db
+        self._connect_timeout = connect_timeout
+        self._conn: Conn | None = None
+        self._prepared: set[bytes] = set()
+
+    async def connection(self) -> Conn:
+        """The connection, connected anew if it was lost (waiting for the server)."""
+        conn = self._conn
+        if conn is not None and not (conn.closed or conn.broken) and _readable(conn.fileno()):
+            # Idle, it has nothing to read unless the server is closing it: find out.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("")
+        if conn is not None and (conn.closed or conn.broken):
+            await self.close()
+            conn = None
+        if conn is None:
+            conn = await self._connect()
+            self._conn = conn
+            self._prepared = set()
+        return conn
+
+    async def _connect(self) -> Conn:
+        deadline = time.monotonic() + self._connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                conn = await AsyncConnection.connect(
+                    self._db.settings.conninfo, autocommit=True, row_factory=dict_row
+                )
+                if self._db.generic_plans:
+                    await _generic_plans(conn)
+                return conn
+            except psycopg.OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._prepared = set()
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+    async def run(self, fn: Tx[T]) -> T:
+        """Call ``fn`` with the connection; again on a serialization failure (backoff).
+
+        As with the pool (``Database.retrying``), a write whose connection broke is not
+        sent again. A call cut short (cancelled, lost connection) leaves the connection
+        in an unknown state: it is closed, and the next call connects anew.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            conn = await self.connection()
+            try:
+                return await fn(conn)
+            except _RETRYABLE:
+                if attempt >= self._db.max_attempts:
+                    raise
+                self._db.retries += 1
+            except BaseException:
+                if conn.broken or conn.closed or conn.pgconn.is_busy() or not _idle(conn):
+                    await self.close()
+                raise
+            await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
+
+    async def first(self, conn: Conn, query: RawQuery, params: dict[str, Any]) -> Any:
+        """Run ``query`` as one statement (autocommit): the first column of its first row."""
+        pgconn = conn.pgconn
+        if query.name not in self._prepared:
+            pgconn.send_prepare(query.name, query.text.encode())
+            await self._result(conn)
+            self._prepared.add(query.name)
+        args = [encode_param(params[name]) for name in query.names]
+        pgconn.send_query_prepared(query.name, args)
+        result = await self._result(conn)
+        if result.status != ExecStatus.TUPLES_OK or result.ntuples == 0:
+            return None
+        value = result.get_value(0, 0)
+        return None if value is None else int(value)
+
+    async def _result(self, conn: Conn) -> Any:
+        """Flush what was sent, then read the statement's results; the last one."""
+        pgconn = conn.pgconn
+        loop = asyncio.get_running_loop()
+        fd = pgconn.socket
+        while pgconn.flush():
+            await _ready(loop, fd, writer=True)
+        results = []
+        while True:
+            while pgconn.is_busy():
+                await _ready(loop, fd, writer=False)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            results.append(result)
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                raise errors.error_from_result(result, encoding=conn.info.encoding)
+        return results[-1]
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, writer: bool) -> None:
+    """Until ``fd`` can be read (or written)."""
+    future: asyncio.Future[None] = loop.create_future()
+    if writer:
+        loop.add_writer(fd, _wake, future)
+    else:
+        loop.add_reader(fd, _wake, future)
+    try:
+        await future
+    finally:
+        if writer:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _idle(conn: Conn) -> bool:
+    return conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 class GroupCommit:
     """Queue concurrent writes; run each batch in ONE transaction.
 
@@ -469,6 +646,7 @@ class GroupCommit:
         merge: Merge | None = None,
     ) -> None:
         self._db = db
+        self._link = Link(db)
         self._merge = merge
         self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
@@ -491,7 +669,7 @@ class GroupCommit:
             del self._queue[: self._max_batch]
             writes = [w for w, _ in batch]
             try:
-                values = await self._db.retrying(partial(self._run, batch=writes))
+                values = await self._link.run(partial(self._run, batch=writes))
             except asyncio.CancelledError:
                 for _, future in batch:
                     future.cancel()
@@ -516,7 +694,7 @@ class GroupCommit:
         if len(batch) == 1 and len(batch[0]) == 1 and not self._db.fault_rate:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
             query, params = batch[0][0]
-            return [[await query.first(conn, prepare(params))]]
+            return [[await self._link.first(conn, query, prepare(params))]]
         merge = self._merge
         if merge is not None:
             merged = [
@@ -549,9 +727,12 @@ class GroupCommit:
             for k in range(len(batch))
         ]
 
+    async def close(self) -> None:
+        await self._link.close()
+
     async def _alone(self, write: list[Statement], future: asyncio.Future[list[Any]]) -> None:
         try:
-            values = await self._db.retrying(partial(self._run, batch=[write]))
+            values = await self._link.run(partial(self._run, batch=[write]))
         except Exception as exc:
             _settle(future, exc=exc)
         else:
