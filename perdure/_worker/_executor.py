@@ -51,7 +51,7 @@ class ActivityExecution:
     def _kick(self, run: HeldRun) -> None:
         raise NotImplementedError
 
-    async def _step_here(self, run: HeldRun) -> None:
+    async def _step_here(self, run: HeldRun) -> PendingActivity | None:
         raise NotImplementedError
 
     def _forget(self, run: HeldRun) -> None:
@@ -184,13 +184,19 @@ class ActivityExecution:
         )
 
     async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
+        """Run ``act`` to its end, then the next activity its run's step handed over."""
+        next_act: PendingActivity | None = act
+        while next_act is not None:
+            next_act = await self._run_one_activity(run, next_act)
+
+    async def _run_one_activity(self, run: HeldRun, act: PendingActivity) -> PendingActivity | None:
         try:
             while not run.closed:
                 delay = (act.visible_at - self.clock.now()).total_seconds()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if not self._running():
-                    return
+                    return None
                 defn = self._activity_definition(run, act.activity_type)
                 if defn is None:
                     error: BaseException = ApplicationError(
@@ -228,8 +234,7 @@ class ActivityExecution:
                         {"result": value},
                         kick=False,
                     )
-                    await self._step_here(run)
-                    return
+                    return await self._step_here(run)
                 verdict = judge_failure(act, error, self.clock.now())
                 if verdict.final:
                     self._finish_activity(
@@ -241,8 +246,7 @@ class ActivityExecution:
                         {"error": verdict.failure},
                         kick=False,
                     )
-                    await self._step_here(run)
-                    return
+                    return await self._step_here(run)
                 assert verdict.retry_at is not None
                 act.attempt += 1
                 act.visible_at = verdict.retry_at
@@ -260,6 +264,7 @@ class ActivityExecution:
             self._forget(run)
         except Exception as exc:  # e.g. the database is away while recording a retry
             self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
+        return None
 
     def _finish_activity(
         self,

@@ -35,6 +35,10 @@ class HeldRun:
     activities: dict[int, PendingActivity] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     drain_task: asyncio.Task[None] | None = None
+    # A finished activity's task that is taking the run's step (``Worker._step_here``)
+    # runs the step's one new activity itself: no new task, no extra loop turn.
+    takes_handoff: bool = False
+    handoff: PendingActivity | None = None
     closed: bool = False
     starting: bool = False  # its start-and-first-step transaction has not committed yet
     # Monotonic time before which the database lease has surely not run out: counted from

@@ -636,16 +636,32 @@ class Worker(ActivityExecution):
         if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
             run.drain_task = asyncio.create_task(self._drain(run))
 
-    async def _step_here(self, run: HeldRun) -> None:
+    async def _step_here(self, run: HeldRun) -> PendingActivity | None:
         """``_kick`` from a task that has nothing left to do (a finished activity's).
 
-        The step runs in that task instead of a new one: a task and a turn of the
-        event loop less per step.
+        The step runs in that task instead of a new one, and so does the first activity
+        the step schedules (returned, for the caller to run): a task and a turn of the
+        event loop less per step of a sequential workflow.
         """
         run.last_used = asyncio.get_running_loop().time()
-        if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
-            run.drain_task = asyncio.current_task()
+        if not (
+            run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed
+        ):
+            return None
+        task = asyncio.current_task()
+        run.drain_task = task
+        run.takes_handoff = True
+        try:
             await self._drain(run)
+        finally:
+            run.takes_handoff = False
+            if run.drain_task is task:
+                run.drain_task = None  # this task now runs an activity, not the run's steps
+        act, run.handoff = run.handoff, None
+        if act is None or run.closed or run.activities.get(act.activity_id) is not act:
+            return None  # canceled, or the run ended, before the drain was over
+        act.task = task
+        return act
 
     async def _drain(self, run: HeldRun) -> None:
         async with run.lock:
@@ -786,7 +802,11 @@ class Worker(ActivityExecution):
         for act in plan.new_activities:
             if act.activity_id not in plan.canceled_activities:
                 run.activities[act.activity_id] = act
-                self._launch_activity(run, act)
+                if run.takes_handoff and run.handoff is None:
+                    self._count_activity()
+                    run.handoff = act  # the draining task runs it once the drain is over
+                else:
+                    self._launch_activity(run, act)
 
     def _forget(self, run: HeldRun) -> None:
         if self.runs.get(run.run_id) is run:
