@@ -194,3 +194,65 @@ async def test_a_backlog_larger_than_one_claim_is_taken_without_waiting_for_poll
         await worker_app.close()
     assert results == list(range(200))
     assert worker.stats.runs_adopted == 200
+
+
+async def test_sequential_activities_run_in_the_task_of_the_one_before(app: perdure.App) -> None:
+    """A finished activity's task takes its run's step and runs the next activity itself."""
+    tasks: list[asyncio.Task[object] | None] = []
+
+    @app.activity
+    async def where(i: int) -> int:
+        tasks.append(asyncio.current_task())
+        return i
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext) -> int:
+        total = 0
+        for i in range(5):
+            total += await ctx.activity(where, i)
+        return total
+
+    async with app.worker():
+        assert await app.execute_workflow(wf) == 10
+    assert len(tasks) == 5
+    assert len({id(t) for t in tasks}) == 1
+
+
+async def test_signal_is_handled_while_a_handed_over_activity_runs(app: perdure.App) -> None:
+    """The task running the handed-over activity no longer counts as the run's drain."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.activity
+    async def quick() -> int:
+        return 1
+
+    @app.activity
+    async def slow() -> int:
+        started.set()
+        await release.wait()
+        return 2
+
+    @app.workflow
+    async def wf(ctx: WorkflowContext) -> list[str]:
+        seen: list[str] = []
+        ctx.set_signal_handler("ping", seen.append)
+        ctx.set_query_handler("seen", lambda: seen)
+        await ctx.activity(quick)
+        await ctx.activity(slow)
+        return seen
+
+    async with app.worker():
+        handle = await app.start_workflow(wf)
+        await asyncio.wait_for(started.wait(), 10)
+        await handle.signal("ping", "hello")
+        try:
+            for _ in range(500):
+                if await handle.query("seen") == ["hello"]:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the signal waited for the running activity")
+        finally:
+            release.set()
+        assert await handle.result(timeout=10) == ["hello"]
