@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+import pydantic_core
 from psycopg import errors
 
 from perdure._errors import (
@@ -38,8 +39,20 @@ from perdure._store._postgres_db import Conn
 Row = dict[str, Any]
 
 
+_json_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """JSON text of a JSON-able value (as the SQLite store writes it).
+
+    pydantic-core (already a dependency) encodes several times faster than ``json``; the
+    text differs only in not escaping non-ASCII (same JSON values), and ``NaN`` and
+    ``Infinity`` stay as ``json`` writes them. What it refuses goes to ``json``.
+    """
+    try:
+        return pydantic_core.to_json(value, inf_nan_mode="constants").decode()
+    except (pydantic_core.PydanticSerializationError, UnicodeError, ValueError):
+        return _json_dumps(value)
 
 
 def _json(value: Any) -> Any:
