@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,14 +33,24 @@ class ActivityInfo:
 
 
 class ActivityState:
-    __slots__ = ("cancelled", "details", "dirty", "info", "last_heartbeat")
+    __slots__ = ("_info", "_make_info", "cancelled", "details", "dirty", "last_heartbeat")
 
-    def __init__(self, info: ActivityInfo) -> None:
-        self.info = info
-        self.details: tuple[Any, ...] = info.heartbeat_details
+    def __init__(
+        self, make_info: Callable[[], ActivityInfo], heartbeat_details: tuple[Any, ...]
+    ) -> None:
+        # Most activities never ask for their info: it is built on first use.
+        self._make_info = make_info
+        self._info: ActivityInfo | None = None
+        self.details = heartbeat_details
         self.last_heartbeat = time.monotonic()
         self.cancelled = False
         self.dirty = False
+
+    @property
+    def info(self) -> ActivityInfo:
+        if self._info is None:
+            self._info = self._make_info()
+        return self._info
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
         self.last_heartbeat = time.monotonic()

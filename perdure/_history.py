@@ -99,7 +99,7 @@ class HistoryEvent:
         )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class Command:
     """An event the workflow code asked for, not yet numbered or stored."""
 

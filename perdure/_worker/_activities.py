@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextvars
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -128,7 +129,7 @@ _DEFAULT_RETRY = RetryPolicy()  # frozen: one instance serves every activity wit
 _SCALARS = frozenset({int, str, float, bool, type(None)})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     ok: bool
     value: Any = None
@@ -138,12 +139,12 @@ class Outcome:
 async def run_attempt(
     act: PendingActivity,
     defn: ActivityDefinition,
-    info: ActivityInfo,
+    info: Callable[[], ActivityInfo],
     pool: ThreadPoolExecutor,
     now: datetime,
 ) -> Outcome:
     """Run one attempt; never raises (except cancellation of the caller)."""
-    state = ActivityState(info)
+    state = ActivityState(info, tuple(act.heartbeat_details))
     act.state = state
     try:
         args = defn.signature.decode_args(act.args, kind="activity")

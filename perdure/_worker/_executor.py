@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from perdure._activity_state import ActivityInfo
@@ -113,13 +114,21 @@ class ActivityExecution:
         act.heartbeat_details = task.heartbeat_details
         defn = self.app._registry.activities[task.activity_type]
         act.apply_defaults(defn.options)
-        info = self._activity_info(
-            task.namespace, task.workflow_id, task.run_id, task.workflow_type, task.task_queue, act
-        )
         await self._activity_slots.acquire()
         act.in_attempt = True
+        now = self.clock.now()
+        info = partial(
+            self._activity_info,
+            task.namespace,
+            task.workflow_id,
+            task.run_id,
+            task.workflow_type,
+            task.task_queue,
+            act,
+            now,
+        )
         try:
-            outcome = await run_attempt(act, defn, info, self._pool_(), self.clock.now())
+            outcome = await run_attempt(act, defn, info, self._pool_(), now)
         finally:
             self._activity_slots.release()
         if act.state is not None:
@@ -215,9 +224,10 @@ class ActivityExecution:
                         await self._lease_renewed()
                         continue
                     act.in_attempt = True
+                    now = self.clock.now()
                     try:
                         outcome = await run_attempt(
-                            act, defn, self._info(run, act), self._pool_(), self.clock.now()
+                            act, defn, partial(self._info, run, act, now), self._pool_(), now
                         )
                     finally:
                         act.in_attempt = False
@@ -294,10 +304,16 @@ class ActivityExecution:
         if kick:
             self._kick(run)
 
-    def _info(self, run: HeldRun, act: PendingActivity) -> ActivityInfo:
+    def _info(self, run: HeldRun, act: PendingActivity, started_at: datetime) -> ActivityInfo:
         rec = run.record
         return self._activity_info(
-            rec.namespace, rec.workflow_id, rec.run_id, rec.workflow_type, rec.task_queue, act
+            rec.namespace,
+            rec.workflow_id,
+            rec.run_id,
+            rec.workflow_type,
+            rec.task_queue,
+            act,
+            started_at,
         )
 
     def _activity_info(
@@ -308,6 +324,7 @@ class ActivityExecution:
         workflow_type: str,
         task_queue: str,
         act: PendingActivity,
+        started_at: datetime,
     ) -> ActivityInfo:
         return ActivityInfo(
             namespace=namespace,
@@ -319,7 +336,7 @@ class ActivityExecution:
             attempt=act.attempt,
             task_queue=task_queue,
             scheduled_at=act.scheduled_at,
-            started_at=self.clock.now(),
+            started_at=started_at,
             heartbeat_details=tuple(act.heartbeat_details),
         )
 
