@@ -103,6 +103,13 @@ class Slots:
         self.free = size
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now (no coroutine to build on the hot path)."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self.free > 0 and not self._waiters:
             self.free -= 1

@@ -201,9 +201,11 @@ class ActivityExecution:
     async def _run_one_activity(self, run: HeldRun, act: PendingActivity) -> PendingActivity | None:
         try:
             while not run.closed:
-                delay = (act.visible_at - self.clock.now()).total_seconds()
+                now = self.clock.now()
+                delay = (act.visible_at - now).total_seconds()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    now = self.clock.now()
                 if not self._running():
                     return None
                 defn = self._activity_definition(run, act.activity_type)
@@ -216,7 +218,9 @@ class ActivityExecution:
                     outcome_ok, value = False, None
                 else:
                     act.apply_defaults(defn.options)
-                    await self._activity_slots.acquire()
+                    if not self._activity_slots.try_acquire():
+                        await self._activity_slots.acquire()
+                        now = self.clock.now()
                     if not self._lease_safe(run):
                         # A late renewal: another worker may be taking the run over and
                         # would run this attempt too. Start it only once the lease is ours.
@@ -224,7 +228,6 @@ class ActivityExecution:
                         await self._lease_renewed()
                         continue
                     act.in_attempt = True
-                    now = self.clock.now()
                     try:
                         outcome = await run_attempt(
                             act, defn, partial(self._info, run, act, now), self._pool_(), now

@@ -206,6 +206,19 @@ _PLANNERS: dict[str, Planner] = {
 }
 
 
+def task_rows(plan: Plan, finished: list[int]) -> tuple[list[NewTask], list[int]]:
+    """The task rows a step inserts and deletes: an activity scheduled and canceled in
+    the same step gets none; one finished or canceled loses its row (if it has one)."""
+    new_tasks = plan.new_tasks
+    if plan.canceled_activities:
+        finished = finished + plan.canceled_activities
+        new_tasks = [t for t in new_tasks if t.activity_id not in plan.canceled_activities]
+    if finished and plan.new_tasks:
+        scheduled = {t.activity_id for t in plan.new_tasks}
+        finished = [a for a in finished if a not in scheduled]
+    return new_tasks, finished
+
+
 def wake_after(run: HeldRun, plan: Plan, now: datetime) -> datetime | None:
     """The run's next wake-up: its earliest timer or activity attempt, or now."""
     if plan.close is not None:

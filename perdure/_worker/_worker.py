@@ -40,7 +40,7 @@ from perdure._store._base import (
 )
 from perdure._worker._activities import PendingActivity, Slots
 from perdure._worker._executor import ActivityExecution
-from perdure._worker._plan import Plan, plan_step, wake_after
+from perdure._worker._plan import Plan, plan_step, task_rows, wake_after
 from perdure._worker._run import HeldRun, Input
 from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
 
@@ -736,7 +736,8 @@ class Worker(ActivityExecution):
                 )
                 seq += 1
         plan = plan_step(run, events, now)
-        plan.replies.update(rejected)
+        if rejected:
+            plan.replies.update(rejected)
         if plan.close is not None:
             for update_id in run.runner.pending_updates:
                 plan.replies[update_id] = {
@@ -746,9 +747,7 @@ class Worker(ActivityExecution):
                         "finished",
                     }
                 }
-        finished += plan.canceled_activities
-        new_tasks = [t for t in plan.new_tasks if t.activity_id not in plan.canceled_activities]
-        finished = [a for a in finished if a not in {t.activity_id for t in plan.new_tasks}]
+        new_tasks, finished = task_rows(plan, finished)
         wake = wake_after(run, plan, now)
         await self.store.commit_step(
             StepCommit(
