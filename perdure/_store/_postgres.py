@@ -45,8 +45,10 @@ from perdure._store._postgres_db import (
     Merge,
     RawQuery,
     Settings,
+    StartMerge,
     Statement,
     dialect_queries,
+    group_commit_queries,
     in_schema,
     parse_url,
     pipelined,
@@ -59,6 +61,7 @@ from perdure._store._postgres_tx import (
     inbox_from_row,
     is_plain,
     mergeable,
+    merged_start_params,
     merged_step_params,
     plain_step_params,
     progress_params,
@@ -97,8 +100,14 @@ class PostgresStore(Store):
         # Lean steps committed together go out as one statement.
         many = RawQuery.parse(self.q["commit_steps_lean"])
         merge = Merge(self._lean_query, many, mergeable, merged_step_params)
-        self._group = GroupCommit(self.db, prepare=_fresh_lease, merge=merge)
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
+        # So do the starts of runs whose first steps are committed together.
+        starts = StartMerge(
+            self._start_query,
+            RawQuery.parse(group_commit_queries(self.schema)["insert_runs"]),
+            merged_start_params,
+        )
+        self._group = GroupCommit(self.db, prepare=_fresh_lease, merge=merge, starts=starts)
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)
         self._migrated = False

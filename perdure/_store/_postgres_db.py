@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, partial
+from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -28,7 +29,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from perdure._store._queries import load_queries
+from perdure._store._queries import load_queries, parse_queries
 
 log = logging.getLogger("perdure.store")
 
@@ -118,6 +119,14 @@ def dialect_queries(dialects: tuple[str, ...], schema: str) -> dict[str, str]:
     for dialect in dialects:
         merged.update(load_queries(dialect))
     return {name: compact(in_schema(text, schema)) for name, text in merged.items()}
+
+
+@cache
+def group_commit_queries(schema: str) -> dict[str, str]:
+    """The PostgreSQL-only statements of group commit (``sql/postgres/group_commit.sql``)."""
+    folder = resources.files("perdure._store").joinpath("sql", "postgres")
+    text = folder.joinpath("group_commit.sql").read_text()
+    return {name: compact(in_schema(q, schema)) for name, q in parse_queries(text).items()}
 
 
 def compact(query: str) -> str:
@@ -458,6 +467,20 @@ class Merge:
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class StartMerge:
+    """The run starts (``single``) that open writes go out as ONE ``many`` statement.
+
+    ``combine`` turns their parameters (in order) into ``many``'s; ``many`` returns the
+    ``run_id`` of every run it inserted (a start whose workflow id is taken inserts none).
+    The write's other statements follow it in the same transaction.
+    """
+
+    single: RawQuery
+    many: RawQuery
+    combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
 def encode_param(value: Any) -> bytes | None:
     """A parameter in PostgreSQL's text format, for a statement prepared on a ``Link``.
 
@@ -644,16 +667,19 @@ class GroupCommit:
         max_batch: int = 256,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         merge: Merge | None = None,
+        starts: StartMerge | None = None,
     ) -> None:
         self._db = db
         self._link = Link(db)
         self._merge = merge
+        self._starts = starts
         self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
         self._queue: list[tuple[list[Statement], asyncio.Future[list[Any]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.transactions = 0
         self.writes = 0
+        self.statements = 0  # sent, merged statements counted once
 
     async def submit(self, *statements: Statement) -> list[Any]:
         """The first column of each statement's first row, once they are committed."""
@@ -694,38 +720,93 @@ class GroupCommit:
         if len(batch) == 1 and len(batch[0]) == 1 and not self._db.fault_rate:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
             query, params = batch[0][0]
+            self.statements += 1
             return [[await self._link.first(conn, query, prepare(params))]]
-        merge = self._merge
-        if merge is not None:
-            merged = [
-                k
-                for k, w in enumerate(batch)
-                if len(w) == 1 and w[0][0] is merge.single and merge.accepts(w[0][1])
-            ]
-            if len(merged) > 1:
-                return await self._run_merged(conn, batch, merged, merge)
+        if self._merge is not None or self._starts is not None:
+            plan = self._plan(batch)
+            if plan is not None:
+                return await self._run_merged(conn, batch, plan)
+        self.statements += sum(len(write) for write in batch)
         return await pipelined(conn, batch, prepare, self._db.maybe_fail)
 
+    def _plan(self, batch: list[list[Statement]]) -> _Plan | None:
+        """Which statements of the batch go into a ``many`` statement; None if none do.
+
+        A lean step goes with the other lean steps, and a start that opens a write with
+        the other starts, when there are at least two of a kind (one alone is cheaper as
+        it is).
+        """
+        merge, starts = self._merge, self._starts
+        steps: list[tuple[int, int]] = []
+        opening: list[tuple[int, int]] = []
+        run_ids: set[Any] = set()
+        for k, write in enumerate(batch):
+            first = write[0]
+            if starts is not None and len(write) > 1 and first[0] is starts.single:
+                run_id = first[1].get("run_id")
+                if run_id not in run_ids:  # the inserted run ids tell the starts apart
+                    run_ids.add(run_id)
+                    opening.append((k, 0))
+            if merge is not None:
+                last = write[-1]
+                if (len(write) == 1 or (opening and opening[-1][0] == k)) and (
+                    last[0] is merge.single and merge.accepts(last[1])
+                ):
+                    steps.append((k, len(write) - 1))
+        if len(steps) < 2:
+            steps = []
+        if len(opening) < 2:
+            opening = []
+        if not steps and not opening:
+            return None
+        return _Plan(steps, opening)
+
     async def _run_merged(
-        self, conn: Conn, batch: list[list[Statement]], merged: list[int], merge: Merge
+        self, conn: Conn, batch: list[list[Statement]], plan: _Plan
     ) -> list[list[Any]]:
-        """The batch with its ``merge.single`` writes as one statement (one transaction)."""
+        """The batch in one transaction: the starts as one statement, then the statements
+        that go alone, then the lean steps as one statement."""
         prepare = self._prepare
-        chosen = set(merged)
-        rest = [w for k, w in enumerate(batch) if k not in chosen]
-        params = merge.combine([prepare(batch[k][0][1]) for k in merged])
-        async with conn.pipeline(), conn.transaction():
-            cursors = await _send(conn, rest, prepare)
-            many = AsyncRawCursor(conn, row_factory=tuple_row)
-            await many.execute(merge.many.text, merge.many.args(params))
-            await self._db.maybe_fail(conn)
-        rest_values = iter(await _firsts(cursors))
-        applied = {row[0] for row in await many.fetchall()}
-        position = {k: j for j, k in enumerate(merged)}
-        return [
-            [1 if position[k] in applied else 0] if k in chosen else next(rest_values)
-            for k in range(len(batch))
+        merged = set(plan.steps) | set(plan.starts)
+        rest = [
+            (k, j, statement)
+            for k, write in enumerate(batch)
+            for j, statement in enumerate(write)
+            if (k, j) not in merged
         ]
+        self.statements += len(rest) + bool(plan.starts) + bool(plan.steps)
+        async with conn.pipeline(), conn.transaction():
+            started = None
+            if plan.starts:
+                assert self._starts is not None
+                params = self._starts.combine([prepare(batch[k][j][1]) for k, j in plan.starts])
+                started = AsyncRawCursor(conn, row_factory=tuple_row)
+                await started.execute(self._starts.many.text, self._starts.many.args(params))
+            cursors = []
+            for _, _, (query, params) in rest:
+                cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                await cur.execute(query.text, query.args(prepare(params)))
+                cursors.append(cur)
+            stepped = None
+            if plan.steps:
+                assert self._merge is not None
+                many = self._merge.many
+                params = self._merge.combine([prepare(batch[k][j][1]) for k, j in plan.steps])
+                stepped = AsyncRawCursor(conn, row_factory=tuple_row)
+                await stepped.execute(many.text, many.args(params))
+            await self._db.maybe_fail(conn)
+        values: list[list[Any]] = [[None] * len(write) for write in batch]
+        for (k, j, _), cur in zip(rest, cursors, strict=True):
+            values[k][j] = _first(await cur.fetchone())
+        if started is not None:
+            inserted = {row[0] for row in await started.fetchall()}
+            for k, j in plan.starts:
+                values[k][j] = 1 if batch[k][j][1].get("run_id") in inserted else None
+        if stepped is not None:
+            applied = {row[0] for row in await stepped.fetchall()}
+            for position, (k, j) in enumerate(plan.steps):
+                values[k][j] = 1 if position in applied else 0
+        return values
 
     async def close(self) -> None:
         await self._link.close()
@@ -757,6 +838,14 @@ async def pipelined(
 
 
 _Cursors = list[list[AsyncRawCursor[tuple[Any, ...]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A batch's statements that go into ``many`` statements, as (write, statement)."""
+
+    steps: list[tuple[int, int]]
+    starts: list[tuple[int, int]]
 
 
 async def _send(
