@@ -266,6 +266,18 @@ FENCE_HELD = _FENCE_HELD.format(consumed="")
 FENCE_HELD_CONSUMED = _FENCE_HELD.format(
     consumed="\n                       AND i.inbox_id NOT IN (SELECT value FROM json_each(?7))"
 )
+# A step of a held run that was due before it and is due after it (most steps: an
+# activity just scheduled makes the run due "now") keeps the row's wake_at: a worker
+# that took the run over would run it at once either way. No indexed column is then
+# assigned, so SQLite writes no index entry (the due index stayed put), and no inbox
+# lookup is needed (a message left unread cannot make a due run more due). It matches
+# no row when the run was not due before (or is fenced out): fence() then runs
+# FENCE_HELD, which decides. wake_at of a held run thus reads "due since".
+FENCE_HELD_KEEP_WAKE = """
+UPDATE perdure_workflows SET next_event_seq = ?1, lease_expires_at = ?2
+WHERE run_id = ?3 AND owner = ?4 AND next_event_seq = ?5 AND status = 'running'
+  AND wake_at <= ?6
+"""
 # close_run handing back the closed row (what after_close needs) instead of a SELECT.
 CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"
 APPEND_EVENT = (
@@ -341,6 +353,10 @@ def fence(conn: sqlite3.Connection, step: StepCommit) -> int:
             "consumed": dumps(step.consumed_inbox),
         }
         return conn.execute(Q["fence_step"], params).rowcount
+    if wake_at is not None and step.wake_at is not None and step.wake_at <= utcnow():
+        keep = (next_seq, lease_until, step.run_id, step.worker_id, step.expected_seq, wake_at)
+        if conn.execute(FENCE_HELD_KEEP_WAKE, keep).rowcount == 1:
+            return 1
     params = (next_seq, wake_at, lease_until, step.run_id, step.worker_id, step.expected_seq)
     if step.consumed_inbox:
         return conn.execute(FENCE_HELD_CONSUMED, (*params, dumps(step.consumed_inbox))).rowcount
