@@ -61,6 +61,7 @@ from perdure._store._postgres_tx import (
     inbox_from_row,
     is_plain,
     mergeable,
+    merged_close_params,
     merged_start_params,
     merged_step_params,
     plain_step_params,
@@ -97,17 +98,28 @@ class PostgresStore(Store):
         self._listener: Listener | None = None
         self._step_query = RawQuery.parse(self.q["commit_step"])  # a step that closes its run
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
-        # Lean steps committed together go out as one statement.
-        many = RawQuery.parse(self.q["commit_steps_lean"])
-        merge = Merge(self._lean_query, many, mergeable, merged_step_params)
-        self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
-        # So do the starts of runs whose first steps are committed together.
-        starts = StartMerge(
-            self._start_query,
-            RawQuery.parse(group_commit_queries(self.schema)["insert_runs"]),
-            merged_start_params,
+        # Steps committed together go out as one statement per kind (lean, closing),
+        # and so do the starts of runs whose first steps they are.
+        batched = group_commit_queries(self.schema)
+        lean = Merge(
+            self._lean_query,
+            RawQuery.parse(self.q["commit_steps_lean"]),
+            mergeable,
+            merged_step_params,
         )
-        self._group = GroupCommit(self.db, prepare=_fresh_lease, merge=merge, starts=starts)
+        closing = Merge(
+            self._step_query,
+            RawQuery.parse(batched["commit_steps_close"]),
+            mergeable,
+            merged_close_params,
+        )
+        self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
+        starts = StartMerge(
+            self._start_query, RawQuery.parse(batched["insert_runs"]), merged_start_params
+        )
+        self._group = GroupCommit(
+            self.db, prepare=_fresh_lease, merges=(lean, closing), starts=starts
+        )
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)
         self._migrated = False

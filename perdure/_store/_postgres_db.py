@@ -666,12 +666,12 @@ class GroupCommit:
         *,
         max_batch: int = 256,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        merge: Merge | None = None,
+        merges: tuple[Merge, ...] = (),
         starts: StartMerge | None = None,
     ) -> None:
         self._db = db
         self._link = Link(db)
-        self._merge = merge
+        self._merges = merges
         self._starts = starts
         self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
@@ -722,7 +722,7 @@ class GroupCommit:
             query, params = batch[0][0]
             self.statements += 1
             return [[await self._link.first(conn, query, prepare(params))]]
-        if self._merge is not None or self._starts is not None:
+        if self._merges or self._starts is not None:
             plan = self._plan(batch)
             if plan is not None:
                 return await self._run_merged(conn, batch, plan)
@@ -732,32 +732,33 @@ class GroupCommit:
     def _plan(self, batch: list[list[Statement]]) -> _Plan | None:
         """Which statements of the batch go into a ``many`` statement; None if none do.
 
-        A lean step goes with the other lean steps, and a start that opens a write with
-        the other starts, when there are at least two of a kind (one alone is cheaper as
-        it is).
+        A step goes with the other steps of its kind (``merges``: lean, closing), and a
+        start that opens a write with the other starts, when there are at least two of a
+        kind (one alone is cheaper as it is).
         """
-        merge, starts = self._merge, self._starts
-        steps: list[tuple[int, int]] = []
+        starts = self._starts
+        steps: list[list[tuple[int, int]]] = [[] for _ in self._merges]
         opening: list[tuple[int, int]] = []
         run_ids: set[Any] = set()
         for k, write in enumerate(batch):
             first = write[0]
+            opened = False
             if starts is not None and len(write) > 1 and first[0] is starts.single:
                 run_id = first[1].get("run_id")
                 if run_id not in run_ids:  # the inserted run ids tell the starts apart
                     run_ids.add(run_id)
                     opening.append((k, 0))
-            if merge is not None:
-                last = write[-1]
-                if (len(write) == 1 or (opening and opening[-1][0] == k)) and (
-                    last[0] is merge.single and merge.accepts(last[1])
-                ):
-                    steps.append((k, len(write) - 1))
-        if len(steps) < 2:
-            steps = []
+                    opened = True
+            if len(write) == 1 or opened:
+                query, params = write[-1]
+                for m, merge in enumerate(self._merges):
+                    if query is merge.single and merge.accepts(params):
+                        steps[m].append((k, len(write) - 1))
+                        break
+        steps = [group if len(group) > 1 else [] for group in steps]
         if len(opening) < 2:
             opening = []
-        if not steps and not opening:
+        if not any(steps) and not opening:
             return None
         return _Plan(steps, opening)
 
@@ -765,16 +766,16 @@ class GroupCommit:
         self, conn: Conn, batch: list[list[Statement]], plan: _Plan
     ) -> list[list[Any]]:
         """The batch in one transaction: the starts as one statement, then the statements
-        that go alone, then the lean steps as one statement."""
+        that go alone, then each kind of step as one statement."""
         prepare = self._prepare
-        merged = set(plan.steps) | set(plan.starts)
+        merged = set(plan.starts).union(*plan.steps)
         rest = [
             (k, j, statement)
             for k, write in enumerate(batch)
             for j, statement in enumerate(write)
             if (k, j) not in merged
         ]
-        self.statements += len(rest) + bool(plan.starts) + bool(plan.steps)
+        self.statements += len(rest) + bool(plan.starts) + sum(map(bool, plan.steps))
         async with conn.pipeline(), conn.transaction():
             started = None
             if plan.starts:
@@ -787,13 +788,13 @@ class GroupCommit:
                 cur = AsyncRawCursor(conn, row_factory=tuple_row)
                 await cur.execute(query.text, query.args(prepare(params)))
                 cursors.append(cur)
-            stepped = None
-            if plan.steps:
-                assert self._merge is not None
-                many = self._merge.many
-                params = self._merge.combine([prepare(batch[k][j][1]) for k, j in plan.steps])
-                stepped = AsyncRawCursor(conn, row_factory=tuple_row)
-                await stepped.execute(many.text, many.args(params))
+            stepped = []
+            for merge, group in zip(self._merges, plan.steps, strict=True):
+                if group:
+                    params = merge.combine([prepare(batch[k][j][1]) for k, j in group])
+                    cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                    await cur.execute(merge.many.text, merge.many.args(params))
+                    stepped.append((group, cur))
             await self._db.maybe_fail(conn)
         values: list[list[Any]] = [[None] * len(write) for write in batch]
         for (k, j, _), cur in zip(rest, cursors, strict=True):
@@ -802,9 +803,9 @@ class GroupCommit:
             inserted = {row[0] for row in await started.fetchall()}
             for k, j in plan.starts:
                 values[k][j] = 1 if batch[k][j][1].get("run_id") in inserted else None
-        if stepped is not None:
-            applied = {row[0] for row in await stepped.fetchall()}
-            for position, (k, j) in enumerate(plan.steps):
+        for group, cur in stepped:
+            applied = {row[0] for row in await cur.fetchall()}
+            for position, (k, j) in enumerate(group):
                 values[k][j] = 1 if position in applied else 0
         return values
 
@@ -844,7 +845,7 @@ _Cursors = list[list[AsyncRawCursor[tuple[Any, ...]]]]
 class _Plan:
     """A batch's statements that go into ``many`` statements, as (write, statement)."""
 
-    steps: list[tuple[int, int]]
+    steps: list[list[tuple[int, int]]]  # per Merge of the GroupCommit
     starts: list[tuple[int, int]]
 
 

@@ -280,6 +280,22 @@ def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
 
 
+def merged_close_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``commit_steps_close``: many closing steps' ``plain_step_params``."""
+    parts = [
+        f'{{"i":{i},"run_id":{_text(p["run_id"])},"worker_id":{_text(p["worker_id"])},'
+        f'"expected_seq":{int(p["expected_seq"])},'
+        f'"next_event_seq":{int(p["next_event_seq"])},'
+        f'"patch":{"null" if p["patch"] is None else p["patch"]},'
+        f'"events":{p["events"]},"tasks":{p["tasks"]},"status":{_text(p["status"])},'
+        f'"result":{"null" if p["result"] is None else p["result"]},'
+        f'"error":{"null" if p["error"] is None else p["error"]},'
+        f'"closed_at":{_json_time(p["closed_at"])}}}'
+        for i, p in enumerate(steps)
+    ]
+    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
+
+
 def merged_start_params(starts: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameter of ``insert_runs``: many runs' ``start_params`` as one JSON array.
 

@@ -1,5 +1,6 @@
 """PostgreSQL: the starts of runs whose first steps are committed together go as ONE
-statement (``insert_runs``), their lean first steps as another (``commit_steps_lean``).
+statement (``insert_runs``), their first steps as another (``commit_steps_lean``, or
+``commit_steps_close`` for runs that end in their first step).
 
 Pinned by counting the statements group commit sends (not by time). A start whose
 workflow id is taken inserts nothing and its step is not applied; the store then applies
@@ -93,8 +94,8 @@ async def test_starts_committed_together_are_one_statement(
         )
         # One transaction for the batch, plus the taken id's own (its id policy fails it).
         assert group.transactions - committed == 1
-        # insert_runs, then the steps: one statement if lean, one each if closing.
-        assert group.statements - before == (21 + 1 if close else 2)
+        # insert_runs, then the steps: commit_steps_lean or commit_steps_close.
+        assert group.statements - before == 2
         assert isinstance(outcomes[7], WorkflowAlreadyStartedError)
         assert all(o is None for k, o in enumerate(outcomes) if k != 7)
         for s in steps[:7] + steps[8:]:
@@ -109,3 +110,114 @@ async def test_starts_committed_together_are_one_statement(
         assert await store.get_run_by_id(steps[7].run_id) is None
     finally:
         await store.close()
+
+
+async def family(store: PostgresStore, children: int) -> tuple[str, list[str]]:
+    """A parent run and its children, all claimed by W; the first child has an update
+    waiting."""
+    now = utcnow()
+
+    def run(workflow_id: str, **kw: object) -> NewRun:
+        return NewRun(
+            namespace="default",
+            workflow_id=workflow_id,
+            run_id=uuid.uuid4().hex,
+            workflow_type="job",
+            task_queue="q",
+            input=[],
+            wake_at=now,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    parent = run('it\'s "quoted"')
+    await store.start_run(parent)
+    kids = [
+        run(
+            f"kid-{n}'s",
+            parent_workflow_id=parent.workflow_id,
+            parent_run_id=parent.run_id,
+            parent_close_policy="abandon",
+            child_id=n,
+        )
+        for n in range(children)
+    ]
+    for kid in kids:
+        await store.start_run(kid)
+    claimed = await store.claim_runs(
+        namespace="default",
+        worker_id=W,
+        task_queues=["q"],
+        workflow_types=["job"],
+        limit=100,
+        lease_until=now + timedelta(seconds=30),
+    )
+    assert len(claimed) == children + 1
+    await store.send_inbox(
+        "default", kids[0].workflow_id, None, "update", "u", [{"update_id": "u1", "args": []}]
+    )
+    return parent.run_id, [k.run_id for k in kids]
+
+
+def closing(run_id: str, n: int) -> StepCommit:
+    now = utcnow()
+    failed = n % 2 == 1
+    return StepCommit(
+        namespace="default",
+        run_id=run_id,
+        worker_id=W,
+        expected_seq=1,
+        events=[
+            HistoryEvent(
+                seq=1,
+                event_type=EventType.WORKFLOW_FAILED if failed else EventType.WORKFLOW_COMPLETED,
+                name=None,
+                attributes={"n": n},
+                created_at=now,
+            )
+        ],
+        lease_until=now + timedelta(seconds=30),
+        close=RunClose(
+            status="failed" if failed else "completed",
+            result=None if failed else {"n": n, "é": [1.5]},
+            error={"type": "Boom", "message": f"no {n}"} if failed else None,
+            had_children=False,
+        ),
+    )
+
+
+async def test_closing_steps_committed_together_do_what_each_alone_does(
+    postgres: Databases,
+) -> None:
+    """Children closing in one batch (one statement) tell their parent, and reject the
+    updates still waiting, exactly as each closing step does alone."""
+    seen = []
+    for group_commit in ("on", "off"):
+        url = postgres.url_for(postgres.create(postgres.template("postgres")))
+        store = open_store(f"{url}?group_commit={group_commit}")
+        assert isinstance(store, PostgresStore)
+        await store.migrate()
+        try:
+            parent, kids = await family(store, 4)
+            await store.commit_step(first_step("warm-up"))  # connects the link
+            before = store._group.statements
+            await asyncio.gather(*(store.commit_step(closing(k, n)) for n, k in enumerate(kids)))
+            if group_commit == "on":
+                assert store._group.statements - before == 1
+            inbox = [(i.kind, i.name, i.payload) for i in await store.load_run_inbox(parent)]
+            for item in inbox:
+                assert item[2][0].pop("run_id") in kids
+            reply = await store.take_reply("u1")
+            records = [await store.get_run_by_id(k) for k in kids]
+            closed = [(r.status, r.result, r.error, r.owner, r.wake_at) for r in records if r]
+            seen.append((inbox, reply, closed))
+        finally:
+            await store.close()
+    merged, alone = seen
+    inbox, reply, closed = merged
+    # Merged, in the order the steps were submitted; alone, in the order they committed.
+    assert [item[2][0]["child_id"] for item in inbox] == [0, 1, 2, 3]
+    alone[0].sort(key=lambda item: item[2][0]["child_id"])
+    assert merged == alone
+    assert reply is not None and reply["rejected"] is True
+    assert reply["error"]["message"] == 'workflow "kid-0\'s" closed (completed) first'
+    assert closed[1] == ("failed", None, {"type": "Boom", "message": "no 1"}, None, None)
