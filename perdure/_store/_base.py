@@ -32,7 +32,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class RunRecord:
     run_id: str
     namespace: str
@@ -58,8 +58,11 @@ class RunRecord:
     closed_at: datetime | None
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class NewRun:
+    """A run to insert. Not frozen (like ``RunRecord``): one is built per start, and the
+    starting process's worker marks it as its own in place."""
+
     namespace: str
     workflow_id: str
     run_id: str

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
@@ -417,12 +417,11 @@ class Worker(ActivityExecution):
 
     def lease_new_run(self, run: NewRun) -> NewRun:
         """Mark a run about to be inserted as held by this worker from the start."""
-        return replace(
-            run,
-            owner=self.worker_id,
-            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
-            created_at=utcnow(),
-        )
+        now = utcnow()
+        run.owner = self.worker_id
+        run.lease_until = now + timedelta(seconds=self.lease_duration)
+        run.created_at = now
+        return run
 
     async def start_here(self, new_run: NewRun) -> tuple[str, bool]:
         """Start a run leased to this worker and take its first step, in ONE commit.

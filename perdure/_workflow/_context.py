@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import uuid
@@ -54,7 +55,11 @@ class WorkflowContext:
 
     def __init__(self, runner: WorkflowRunner) -> None:
         self._runner = runner
-        self.logger: logging.LoggerAdapter = _WorkflowLogger(runner)  # type: ignore[type-arg]
+
+    @functools.cached_property
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """Tagged with the run's ids, silent while it replays (made on first use)."""
+        return _WorkflowLogger(self._runner)
 
     @property
     def info(self) -> WorkflowInfo:
