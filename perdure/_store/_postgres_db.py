@@ -489,17 +489,26 @@ def encode_param(value: Any) -> bytes | None:
     """
     if value is None:
         return None
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, int):
-        return str(value).encode()
+    encode = _ENCODERS.get(type(value))
+    if encode is not None:
+        return encode(value)
     if isinstance(value, datetime):
         return value.isoformat().encode()
     if isinstance(value, list):  # text[] (run ids): an array literal
         return ("{" + ",".join(_array_item(v) for v in value) + "}").encode()
+    if isinstance(value, str):
+        return str.encode(value)
+    if isinstance(value, int):
+        return b"%d" % value
     raise TypeError(f"cannot send {type(value).__name__} as a step statement parameter")
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    str: str.encode,
+    bool: lambda value: b"t" if value else b"f",
+    int: lambda value: b"%d" % value,
+    datetime: lambda value: value.isoformat().encode(),
+}
 
 
 def _array_item(value: Any) -> str:
@@ -595,7 +604,10 @@ class Link:
             pgconn.send_prepare(query.name, query.text.encode())
             await self._result(conn)
             self._prepared.add(query.name)
-        args = [encode_param(params[name]) for name in query.names]
+        args = [
+            None if value is None else encode_param(value)
+            for value in map(params.__getitem__, query.names)
+        ]
         pgconn.send_query_prepared(query.name, args)
         result = await self._result(conn)
         if result.status != ExecStatus.TUPLES_OK or result.ntuples == 0:
