@@ -15,7 +15,13 @@ from perdure._errors import ApplicationError
 from perdure._history import EventType
 from perdure._registry import ActivityDefinition
 from perdure._store._base import RemoteTask, StepRejected, Store, utcnow
-from perdure._worker._activities import PendingActivity, Slots, judge_failure, run_attempt
+from perdure._worker._activities import (
+    PendingActivity,
+    Slots,
+    Verdict,
+    judge_failure,
+    run_attempt,
+)
 from perdure._worker._run import HeldRun, Input
 
 if TYPE_CHECKING:
@@ -52,7 +58,13 @@ class ActivityExecution:
     def _kick(self, run: HeldRun) -> None:
         raise NotImplementedError
 
-    async def _step_here(self, run: HeldRun) -> PendingActivity | None:
+    def _step_here(self, run: HeldRun) -> bool:
+        raise NotImplementedError
+
+    def _handed_over(self, run: HeldRun) -> PendingActivity | None:
+        raise NotImplementedError
+
+    async def _drain(self, run: HeldRun) -> None:
         raise NotImplementedError
 
     def _forget(self, run: HeldRun) -> None:
@@ -193,12 +205,8 @@ class ActivityExecution:
         )
 
     async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
-        """Run ``act`` to its end, then the next activity its run's step handed over."""
-        next_act: PendingActivity | None = act
-        while next_act is not None:
-            next_act = await self._run_one_activity(run, next_act)
-
-    async def _run_one_activity(self, run: HeldRun, act: PendingActivity) -> PendingActivity | None:
+        """Run ``act`` to its end; then, in this same task, its run's step and the next
+        activity that step hands over (one coroutine, not a chain, per step)."""
         try:
             while not run.closed:
                 now = self.clock.now()
@@ -207,7 +215,7 @@ class ActivityExecution:
                     await asyncio.sleep(delay)
                     now = self.clock.now()
                 if not self._running():
-                    return None
+                    return
                 defn = self._activity_definition(run, act.activity_type)
                 if defn is None:
                     error: BaseException = ApplicationError(
@@ -239,44 +247,56 @@ class ActivityExecution:
                     error = outcome.error if outcome.error is not None else RuntimeError()
                 if act.state is not None:
                     act.heartbeat_details = list(act.state.details)
-                if outcome_ok:
-                    self._finish_activity(
-                        run,
-                        act,
-                        EventType.ACTIVITY_COMPLETED,
-                        {"result": value},
-                        kick=False,
+                retry = self._settle_attempt(run, act, outcome_ok, value, error)
+                if retry is not None:
+                    assert retry.retry_at is not None
+                    act.attempt += 1
+                    act.visible_at = retry.retry_at
+                    await self.store.retry_activity(
+                        run_id=run.run_id,
+                        worker_id=self.worker_id,
+                        activity=act.progress(),
+                        visible_at=act.visible_at,
+                        last_failure=retry.failure,
                     )
-                    return await self._step_here(run)
-                verdict = judge_failure(act, error, self.clock.now())
-                if verdict.final:
-                    self._finish_activity(
-                        run,
-                        act,
-                        EventType.ACTIVITY_TIMED_OUT
-                        if verdict.timed_out
-                        else EventType.ACTIVITY_FAILED,
-                        {"error": verdict.failure},
-                        kick=False,
-                    )
-                    return await self._step_here(run)
-                assert verdict.retry_at is not None
-                act.attempt += 1
-                act.visible_at = verdict.retry_at
-                await self.store.retry_activity(
-                    run_id=run.run_id,
-                    worker_id=self.worker_id,
-                    activity=act.progress(),
-                    visible_at=act.visible_at,
-                    last_failure=verdict.failure,
-                )
-                act.has_row = True
+                    act.has_row = True
+                    continue
+                if not self._step_here(run):
+                    return
+                try:
+                    await self._drain(run)
+                finally:
+                    next_act = self._handed_over(run)
+                if next_act is None:
+                    return
+                act = next_act
         except asyncio.CancelledError:
             pass
         except StepRejected:
             self._forget(run)
         except Exception as exc:  # e.g. the database is away while recording a retry
             self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
+
+    def _settle_attempt(
+        self, run: HeldRun, act: PendingActivity, ok: bool, value: Any, error: BaseException
+    ) -> Verdict | None:
+        """Make a finished activity the run's next input; or, if it must be tried again,
+        the verdict that says when."""
+        if ok:
+            self._finish_activity(
+                run, act, EventType.ACTIVITY_COMPLETED, {"result": value}, kick=False
+            )
+            return None
+        verdict = judge_failure(act, error, self.clock.now())
+        if not verdict.final:
+            return verdict
+        self._finish_activity(
+            run,
+            act,
+            EventType.ACTIVITY_TIMED_OUT if verdict.timed_out else EventType.ACTIVITY_FAILED,
+            {"error": verdict.failure},
+            kick=False,
+        )
         return None
 
     def _finish_activity(

@@ -635,27 +635,29 @@ class Worker(ActivityExecution):
         if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
             run.drain_task = asyncio.create_task(self._drain(run))
 
-    async def _step_here(self, run: HeldRun) -> PendingActivity | None:
+    def _step_here(self, run: HeldRun) -> bool:
         """``_kick`` from a task that has nothing left to do (a finished activity's).
 
-        The step runs in that task instead of a new one, and so does the first activity
-        the step schedules (returned, for the caller to run): a task and a turn of the
-        event loop less per step of a sequential workflow.
+        True: that task is now the run's drain; it runs ``_drain`` itself, then
+        ``_handed_over``. The step runs in that task instead of a new one, and so does the
+        first activity the step schedules: a task and a turn of the event loop less per
+        step of a sequential workflow.
         """
         run.last_used = asyncio.get_running_loop().time()
         if not (
             run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed
         ):
-            return None
-        task = asyncio.current_task()
-        run.drain_task = task
+            return False
+        run.drain_task = asyncio.current_task()
         run.takes_handoff = True
-        try:
-            await self._drain(run)
-        finally:
-            run.takes_handoff = False
-            if run.drain_task is task:
-                run.drain_task = None  # this task now runs an activity, not the run's steps
+        return True
+
+    def _handed_over(self, run: HeldRun) -> PendingActivity | None:
+        """After the drain of ``_step_here``: the activity this task runs next, if any."""
+        task = asyncio.current_task()
+        run.takes_handoff = False
+        if run.drain_task is task:
+            run.drain_task = None  # this task now runs an activity, not the run's steps
         act, run.handoff = run.handoff, None
         if act is None or run.closed or run.activities.get(act.activity_id) is not act:
             return None  # canceled, or the run ended, before the drain was over
