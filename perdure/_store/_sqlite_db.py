@@ -48,14 +48,18 @@ class _Busy(Exception):
     """Another process holds the write lock; try the batch again shortly."""
 
 
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for future, ok, value in items:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _settle(future, ok, value)
 
 
 class SQLiteDB:
@@ -123,6 +127,9 @@ class SQLiteDB:
         if self._conn is None:
             # A short busy timeout: waiting for another process is done by the loop.
             self._conn = self._connect(busy_timeout_ms=5)
+        if len(self._pending) == 1 and self._pending[0].write:
+            self._flush_lone_write(self._conn)
+            return
         batch, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
         loop = batch[0].loop
         try:
@@ -135,6 +142,37 @@ class SQLiteDB:
             return
         if self._pending:
             loop.call_soon(self._flush)
+
+    def _flush_lone_write(self, conn: sqlite3.Connection) -> None:
+        """One write alone in its batch (a sequential workflow's every step): what
+        ``_run_batch`` does for it, without the lists, tuples and dict it needs for many.
+        """
+        call = self._pending.pop()
+        try:
+            self._begin(conn, retry_busy=True)
+        except _Busy:
+            self._pending.insert(0, call)
+            self._busy_retries += 1
+            call.loop.call_later(min(0.002 * self._busy_retries, 0.05), self._flush)
+            return
+        except Exception as exc:
+            _settle(call.future, False, exc)
+            return
+        self._busy_retries = 0
+        try:
+            value = call.fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            # Whether the write or the commit failed, nothing of this write may stay.
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                _settle(call.future, False, exc)
+            return
+        self.commits += 1
+        self.grouped_writes += 1
+        _settle(call.future, True, value)
 
     # -- io="thread" -------------------------------------------------------
     def _ensure_thread(self) -> None:
