@@ -48,7 +48,6 @@ from perdure._store._postgres_db import (
     StartMerge,
     Statement,
     dialect_queries,
-    group_commit_queries,
     in_schema,
     parse_url,
     pipelined,
@@ -100,7 +99,6 @@ class PostgresStore(Store):
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
         # Steps committed together go out as one statement per kind (lean, closing),
         # and so do the starts of runs whose first steps they are.
-        batched = group_commit_queries(self.schema)
         lean = Merge(
             self._lean_query,
             RawQuery.parse(self.q["commit_steps_lean"]),
@@ -109,13 +107,13 @@ class PostgresStore(Store):
         )
         closing = Merge(
             self._step_query,
-            RawQuery.parse(batched["commit_steps_close"]),
+            RawQuery.parse(self.q["commit_steps_close"]),
             mergeable,
             merged_close_params,
         )
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         starts = StartMerge(
-            self._start_query, RawQuery.parse(batched["insert_runs"]), merged_start_params
+            self._start_query, RawQuery.parse(self.q["insert_runs"]), merged_start_params
         )
         self._group = GroupCommit(
             self.db, prepare=_fresh_lease, merges=(lean, closing), starts=starts

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, partial
-from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -29,7 +28,7 @@ from psycopg.pq import ExecStatus
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from perdure._store._queries import load_queries, parse_queries
+from perdure._store._queries import load_queries
 
 log = logging.getLogger("perdure.store")
 
@@ -119,14 +118,6 @@ def dialect_queries(dialects: tuple[str, ...], schema: str) -> dict[str, str]:
     for dialect in dialects:
         merged.update(load_queries(dialect))
     return {name: compact(in_schema(text, schema)) for name, text in merged.items()}
-
-
-@cache
-def group_commit_queries(schema: str) -> dict[str, str]:
-    """The PostgreSQL-only statements of group commit (``sql/postgres/group_commit.sql``)."""
-    folder = resources.files("perdure._store").joinpath("sql", "postgres")
-    text = folder.joinpath("group_commit.sql").read_text()
-    return {name: compact(in_schema(q, schema)) for name, q in parse_queries(text).items()}
 
 
 def compact(query: str) -> str:

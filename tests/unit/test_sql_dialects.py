@@ -6,9 +6,16 @@ import pytest
 
 from perdure._store._queries import load_queries, migration_files
 
-# PostgreSQL runs a whole workflow step as one statement; the other dialects use the
-# shared per-table statements (which PostgreSQL defines too, for terminate and CockroachDB).
-POSTGRES_ONLY = {"commit_step", "commit_step_lean", "commit_steps_lean"}
+# PostgreSQL runs a whole workflow step as one statement, and group commit sends the
+# steps (or starts) of a batch as one; the other dialects use the shared per-table
+# statements (which PostgreSQL defines too, for terminate and CockroachDB).
+POSTGRES_ONLY = {
+    "commit_step",
+    "commit_step_lean",
+    "commit_steps_lean",
+    "commit_steps_close",
+    "insert_runs",
+}
 
 
 def test_every_dialect_defines_the_same_queries() -> None:
