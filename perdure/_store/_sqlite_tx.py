@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pydantic_core
@@ -67,10 +67,35 @@ def fmt(value: datetime) -> str:
     return text
 
 
+_ONE_SECOND = timedelta(seconds=1)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+# The whole-second parts of the last two seconds formatted (a step's now and its lease
+# end are two): ([start, end) of the second, its text), most recent first.
+_seconds: tuple[tuple[datetime, datetime, str], tuple[datetime, datetime, str]] = (
+    (_NEVER, _NEVER, ""),
+    (_NEVER, _NEVER, ""),
+)
+
+
 def fmt_once(value: datetime) -> str:
-    """``fmt`` for a time no other column of the step shares (keeps the cache for ``now``)."""
+    """``fmt`` for a time no other column of the step shares (keeps the cache for ``now``).
+
+    The date and time up to the second are formatted once per second (the times of
+    steps close together share them): only the microseconds are formatted each time.
+    """
+    global _seconds
     utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-    return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
+    last, other = _seconds
+    if last[0] <= utc < last[1]:
+        text = last[2]
+    elif other[0] <= utc < other[1]:
+        text = other[2]
+    else:
+        start = utc.replace(microsecond=0)
+        text = start.isoformat(timespec="seconds")[:-6]  # drop "+00:00"
+        # (The last second of year 9999 has no end to cache: it is formatted each time.)
+        _seconds = ((start, start + _ONE_SECOND if start.year < 9999 else start, text), last)
+    return f"{text}.{utc.microsecond:06d}Z"
 
 
 def fmt_opt(value: datetime | None) -> str | None:
