@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -89,13 +89,15 @@ class SQLiteDB:
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return cast(T, await self._submit(fn, write=False))
+    # read and write hand back the future itself, not a coroutine awaiting it: two
+    # coroutine frames less per statement group on the hot path. They submit at once.
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._submit(fn, write=False)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return cast(T, await self._submit(fn, write=True))
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._submit(fn, write=True)
 
-    async def _submit(self, fn: Op, *, write: bool) -> Any:
+    def _submit(self, fn: Op, *, write: bool) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         call = _Call(fn, write, loop, future)
@@ -106,7 +108,7 @@ class SQLiteDB:
         else:
             self._ensure_thread()
             self._queue.put(call)
-        return await future
+        return future
 
     async def close(self) -> None:
         if self._conn is not None:
