@@ -8,7 +8,7 @@ lease or a moved run becomes ``StepRejected``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -423,7 +423,7 @@ class Store(abc.ABC):
         """Messages waiting for runs this worker holds, with ids above ``after_id``."""
 
     @abc.abstractmethod
-    async def commit_step(self, step: StepCommit) -> None:
+    def commit_step(self, step: StepCommit) -> Awaitable[None]:
         """Apply a step atomically; raise ``StepRejected`` if the fence fails."""
 
     @abc.abstractmethod

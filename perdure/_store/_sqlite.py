@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Awaitable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from perdure._history import HistoryEvent
@@ -241,8 +243,9 @@ class SQLiteStore(Store):
 
         return await self.db.read(read)
 
-    async def commit_step(self, step: StepCommit) -> None:
-        await self.db.write(lambda conn: commit_step(conn, step))
+    def commit_step(self, step: StepCommit) -> Awaitable[None]:
+        # The batch's future itself: no coroutine or closure alive per step in flight.
+        return self.db.write(partial(commit_step, step=step))
 
     async def retry_activity(
         self,
