@@ -260,6 +260,18 @@ def mergeable(params: dict[str, Any]) -> bool:
     return bool(params["finished_tasks"] == "{}" and params["consumed_inbox"] == "{}")
 
 
+def _step_json(i: int, p: dict[str, Any], extra: str) -> str:
+    """One step of a merged statement as a JSON object: what every kind of step has
+    (its fence, events, tasks and patch), then ``extra``, its kind's own fields."""
+    return (
+        f'{{"i":{i},"run_id":{_text(p["run_id"])},"worker_id":{_text(p["worker_id"])},'
+        f'"expected_seq":{int(p["expected_seq"])},'
+        f'"next_event_seq":{int(p["next_event_seq"])},'
+        f'"patch":{"null" if p["patch"] is None else p["patch"]},'
+        f'"events":{p["events"]},"tasks":{p["tasks"]},{extra}}}'
+    )
+
+
 def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of ``commit_steps_lean``: many steps' ``plain_step_params`` in one.
 
@@ -267,14 +279,13 @@ def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     in as they are (not decoded and encoded again).
     """
     parts = [
-        f'{{"i":{i},"run_id":{_text(p["run_id"])},"worker_id":{_text(p["worker_id"])},'
-        f'"expected_seq":{int(p["expected_seq"])},'
-        f'"next_event_seq":{int(p["next_event_seq"])},'
-        f'"wake_at":{_json_time(p["wake_at"])},'
-        f'"lease_until":{_json_time(p["lease_until"])},'
-        f'"release":{"true" if p["release"] else "false"},'
-        f'"patch":{"null" if p["patch"] is None else p["patch"]},'
-        f'"events":{p["events"]},"tasks":{p["tasks"]}}}'
+        _step_json(
+            i,
+            p,
+            f'"wake_at":{_json_time(p["wake_at"])},'
+            f'"lease_until":{_json_time(p["lease_until"])},'
+            f'"release":{"true" if p["release"] else "false"}',
+        )
         for i, p in enumerate(steps)
     ]
     return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
@@ -283,14 +294,14 @@ def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
 def merged_close_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of ``commit_steps_close``: many closing steps' ``plain_step_params``."""
     parts = [
-        f'{{"i":{i},"run_id":{_text(p["run_id"])},"worker_id":{_text(p["worker_id"])},'
-        f'"expected_seq":{int(p["expected_seq"])},'
-        f'"next_event_seq":{int(p["next_event_seq"])},'
-        f'"patch":{"null" if p["patch"] is None else p["patch"]},'
-        f'"events":{p["events"]},"tasks":{p["tasks"]},"status":{_text(p["status"])},'
-        f'"result":{"null" if p["result"] is None else p["result"]},'
-        f'"error":{"null" if p["error"] is None else p["error"]},'
-        f'"closed_at":{_json_time(p["closed_at"])}}}'
+        _step_json(
+            i,
+            p,
+            f'"status":{_text(p["status"])},'
+            f'"result":{"null" if p["result"] is None else p["result"]},'
+            f'"error":{"null" if p["error"] is None else p["error"]},'
+            f'"closed_at":{_json_time(p["closed_at"])}',
+        )
         for i, p in enumerate(steps)
     ]
     return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
