@@ -184,7 +184,7 @@ class PostgresStore(Store):
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        await self._lease_conn.close_connection()
+        await self._lease_conn.close()
         await self._group.close()
         await self.db.close()
 

@@ -259,7 +259,55 @@ class Database:
             await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
 
 
-class Dedicated:
+class OwnConnection:
+    """One connection outside the pool, connected anew (waiting for the server) after it
+    was lost. ``Dedicated`` and group commit's ``Link`` each keep one."""
+
+    def __init__(self, db: Database, *, connect_timeout: float) -> None:
+        self._db = db
+        self._connect_timeout = connect_timeout
+        self._conn: Conn | None = None
+
+    async def connection(self) -> Conn:
+        """The connection, connected anew if it was lost (waiting for the server)."""
+        conn = self._conn
+        if conn is not None and not (conn.closed or conn.broken) and _readable(conn.fileno()):
+            # Idle, it has nothing to read unless the server is closing it: find out.
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("")
+        if conn is not None and (conn.closed or conn.broken):
+            await self.close()
+            conn = None
+        if conn is None:
+            conn = await self._connect()
+            self._conn = conn
+        return conn
+
+    async def _connect(self) -> Conn:
+        deadline = time.monotonic() + self._connect_timeout
+        delay = 0.05
+        while True:
+            try:
+                conn = await AsyncConnection.connect(
+                    self._db.settings.conninfo, autocommit=True, row_factory=dict_row
+                )
+                if self._db.generic_plans:
+                    await _generic_plans(conn)
+                return conn
+            except psycopg.OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+
+class Dedicated(OwnConnection):
     """One connection of its own, outside the pool, for the worker's lease loop.
 
     A lease renewal that waits behind hundreds of queued pool requests (a worker
@@ -271,25 +319,8 @@ class Dedicated:
     """
 
     def __init__(self, db: Database, *, connect_timeout: float = 10) -> None:
-        self._db = db
-        self._connect_timeout = connect_timeout
-        self._conn: Conn | None = None
+        super().__init__(db, connect_timeout=connect_timeout)
         self._lock = asyncio.Lock()
-
-    async def _connection(self) -> Conn:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            self._conn = None
-            if conn is not None:
-                await conn.close()
-            conn = await asyncio.wait_for(
-                AsyncConnection.connect(
-                    self._db.settings.conninfo, autocommit=True, row_factory=dict_row
-                ),
-                self._connect_timeout,
-            )
-            self._conn = conn
-        return conn
 
     async def transaction(self, fn: Tx[T]) -> T:
         """Run ``fn`` in one transaction; again on 40001/40P01 or a lost connection."""
@@ -305,7 +336,7 @@ class Dedicated:
             reconnected = False
             while True:
                 attempt += 1
-                conn = await self._connection()
+                conn = await self.connection()
                 try:
                     if not in_transaction:
                         return await fn(conn)
@@ -321,18 +352,12 @@ class Dedicated:
                     if not conn.broken and not conn.closed:
                         raise
                     # The server went away (restart, failover, idle timeout): reconnect.
-                    await self.close_connection()
+                    await self.close()
                     if reconnected:
                         raise
                     reconnected = True
                     continue
                 await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
-
-    async def close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
 
 
 class Listener:
@@ -507,7 +532,7 @@ def _array_item(value: Any) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Link:
+class Link(OwnConnection):
     """Group commit's own connection, outside the pool, and a lean way to use it.
 
     Every batch used to check a connection out of the pool and back in, and a lone
@@ -520,50 +545,13 @@ class Link:
     """
 
     def __init__(self, db: Database, *, connect_timeout: float = 30) -> None:
-        self._db = db
-        self._connect_timeout = connect_timeout
-        self._conn: Conn | None = None
-        self._prepared: set[bytes] = set()
-
-    async def connection(self) -> Conn:
-        """The connection, connected anew if it was lost (waiting for the server)."""
-        conn = self._conn
-        if conn is not None and not (conn.closed or conn.broken) and _readable(conn.fileno()):
-            # Idle, it has nothing to read unless the server is closing it: find out.
-            with contextlib.suppress(psycopg.Error):
-                await conn.execute("")
-        if conn is not None and (conn.closed or conn.broken):
-            await self.close()
-            conn = None
-        if conn is None:
-            conn = await self._connect()
-            self._conn = conn
-            self._prepared = set()
-        return conn
+        super().__init__(db, connect_timeout=connect_timeout)
+        self._prepared: set[bytes] = set()  # named statements of the current connection
 
     async def _connect(self) -> Conn:
-        deadline = time.monotonic() + self._connect_timeout
-        delay = 0.05
-        while True:
-            try:
-                conn = await AsyncConnection.connect(
-                    self._db.settings.conninfo, autocommit=True, row_factory=dict_row
-                )
-                if self._db.generic_plans:
-                    await _generic_plans(conn)
-                return conn
-            except psycopg.OperationalError:
-                if time.monotonic() + delay > deadline:
-                    raise
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn = await super()._connect()
         self._prepared = set()
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
+        return conn
 
     async def run(self, fn: Tx[T]) -> T:
         """Call ``fn`` with the connection; again on a serialization failure (backoff).
@@ -595,10 +583,7 @@ class Link:
             pgconn.send_prepare(query.name, query.text.encode())
             await self._result(conn)
             self._prepared.add(query.name)
-        args = [
-            None if value is None else encode_param(value)
-            for value in map(params.__getitem__, query.names)
-        ]
+        args = [encode_param(value) for value in map(params.__getitem__, query.names)]
         pgconn.send_query_prepared(query.name, args)
         result = await self._result(conn)
         if result.status != ExecStatus.TUPLES_OK or result.ntuples == 0:

@@ -272,39 +272,43 @@ def _step_json(i: int, p: dict[str, Any], extra: str) -> str:
     )
 
 
+def _merged_steps(
+    steps: list[dict[str, Any]], fields: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    """Many steps as one JSON array (``_step_json`` with each kind's own ``fields``)."""
+    parts = [_step_json(i, p, fields(p)) for i, p in enumerate(steps)]
+    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
+
+
 def merged_step_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of ``commit_steps_lean``: many steps' ``plain_step_params`` in one.
 
     The steps go as one JSON array; their events and tasks are JSON texts already and go
     in as they are (not decoded and encoded again).
     """
-    parts = [
-        _step_json(
-            i,
-            p,
-            f'"wake_at":{_json_time(p["wake_at"])},'
-            f'"lease_until":{_json_time(p["lease_until"])},'
-            f'"release":{"true" if p["release"] else "false"}',
-        )
-        for i, p in enumerate(steps)
-    ]
-    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
+    return _merged_steps(steps, _lean_fields)
+
+
+def _lean_fields(p: dict[str, Any]) -> str:
+    return (
+        f'"wake_at":{_json_time(p["wake_at"])},'
+        f'"lease_until":{_json_time(p["lease_until"])},'
+        f'"release":{"true" if p["release"] else "false"}'
+    )
 
 
 def merged_close_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The parameters of ``commit_steps_close``: many closing steps' ``plain_step_params``."""
-    parts = [
-        _step_json(
-            i,
-            p,
-            f'"status":{_text(p["status"])},'
-            f'"result":{"null" if p["result"] is None else p["result"]},'
-            f'"error":{"null" if p["error"] is None else p["error"]},'
-            f'"closed_at":{_json_time(p["closed_at"])}',
-        )
-        for i, p in enumerate(steps)
-    ]
-    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
+    return _merged_steps(steps, _close_fields)
+
+
+def _close_fields(p: dict[str, Any]) -> str:
+    return (
+        f'"status":{_text(p["status"])},'
+        f'"result":{"null" if p["result"] is None else p["result"]},'
+        f'"error":{"null" if p["error"] is None else p["error"]},'
+        f'"closed_at":{_json_time(p["closed_at"])}'
+    )
 
 
 def merged_start_params(starts: list[dict[str, Any]]) -> dict[str, Any]:
