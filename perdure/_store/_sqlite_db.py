@@ -139,11 +139,15 @@ class SQLiteDB:
             self._busy_retries = 0
         except _Busy:
             self._pending = batch + self._pending
-            self._busy_retries += 1
-            loop.call_later(min(0.002 * self._busy_retries, 0.05), self._flush)
+            self._flush_later(loop)
             return
         if self._pending:
             loop.call_soon(self._flush)
+
+    def _flush_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Another process holds the write lock: try again a little later each time."""
+        self._busy_retries += 1
+        loop.call_later(min(0.002 * self._busy_retries, 0.05), self._flush)
 
     def _flush_lone_write(self, conn: sqlite3.Connection) -> None:
         """One write alone in its batch (a sequential workflow's every step): what
@@ -154,8 +158,7 @@ class SQLiteDB:
             self._begin(conn, retry_busy=True)
         except _Busy:
             self._pending.insert(0, call)
-            self._busy_retries += 1
-            call.loop.call_later(min(0.002 * self._busy_retries, 0.05), self._flush)
+            self._flush_later(call.loop)
             return
         except Exception as exc:
             _settle(call.future, False, exc)

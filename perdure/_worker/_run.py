@@ -56,6 +56,14 @@ class HeldRun:
         times += [a.visible_at for a in self.activities.values()]
         return min(times) if times else None
 
+    def needs_drain(self) -> bool:
+        """Inputs wait and no task is draining them."""
+        return (
+            bool(self.inputs)
+            and (self.drain_task is None or self.drain_task.done())
+            and not self.closed
+        )
+
     def idle(self) -> bool:
         return (
             not self.inputs

@@ -632,7 +632,7 @@ class Worker(ActivityExecution):
 
     def _kick(self, run: HeldRun) -> None:
         run.last_used = asyncio.get_running_loop().time()
-        if run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed:
+        if run.needs_drain():
             run.drain_task = asyncio.create_task(self._drain(run))
 
     def _step_here(self, run: HeldRun) -> bool:
@@ -644,9 +644,7 @@ class Worker(ActivityExecution):
         step of a sequential workflow.
         """
         run.last_used = asyncio.get_running_loop().time()
-        if not (
-            run.inputs and (run.drain_task is None or run.drain_task.done()) and not run.closed
-        ):
+        if not run.needs_drain():
             return False
         run.drain_task = asyncio.current_task()
         run.takes_handoff = True
