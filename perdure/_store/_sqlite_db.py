@@ -57,6 +57,14 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+def _open_error(path: str, exc: Exception) -> sqlite3.OperationalError:
+    """sqlite3's own error says neither which file nor what to do."""
+    return sqlite3.OperationalError(
+        f"cannot open the SQLite database {path!r} ({exc}); check that its directory "
+        "exists and is writable"
+    )
+
+
 def _resolve_all(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     for future, ok, value in items:
         _settle(future, ok, value)
@@ -127,8 +135,15 @@ class SQLiteDB:
         if not self._pending:
             return
         if self._conn is None:
-            # A short busy timeout: waiting for another process is done by the loop.
-            self._conn = self._connect(busy_timeout_ms=5)
+            try:
+                # A short busy timeout: waiting for another process is done by the loop.
+                self._conn = self._connect(busy_timeout_ms=5)
+            except sqlite3.Error as exc:
+                # Every waiting caller hears why; the next call tries to open it again.
+                pending, self._pending = self._pending, []
+                for call in pending:
+                    _settle(call.future, False, _open_error(self.path, exc))
+                return
         if len(self._pending) == 1 and self._pending[0].write:
             self._flush_lone_write(self._conn)
             return
@@ -191,7 +206,11 @@ class SQLiteDB:
                 self._thread.start()
 
     def _main(self) -> None:
-        conn = self._connect(busy_timeout_ms=30000)
+        try:
+            conn = self._connect(busy_timeout_ms=30000)
+        except sqlite3.Error as exc:
+            self._fail_queued(exc)
+            return
         try:
             while True:
                 first = self._queue.get()
@@ -213,6 +232,21 @@ class SQLiteDB:
                     return
         finally:
             conn.close()
+
+    def _fail_queued(self, exc: Exception) -> None:
+        """The thread could not open the database: answer everything queued, then let
+        the next call start a new thread that tries again."""
+        with self._lock:
+            self._thread = None
+        while True:
+            try:
+                call = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if call is not None and not call.loop.is_closed():
+                call.loop.call_soon_threadsafe(
+                    _settle, call.future, False, _open_error(self.path, exc)
+                )
 
     # -- both ----------------------------------------------------------------
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Call], *, retry_busy: bool) -> None:

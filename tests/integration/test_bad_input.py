@@ -151,6 +151,22 @@ def test_malformed_database_urls() -> None:
         perdure.App("sqlite://relative.db")
 
 
+@pytest.mark.parametrize("io", ["loop", "thread"])
+async def test_unopenable_sqlite_database_is_an_error_not_a_hang(tmp_path: Path, io: str) -> None:
+    app = perdure.App(f"sqlite:///{tmp_path}/no/such/dir/db.sqlite?io={io}")
+    register(app)
+    try:
+        for _ in range(2):  # the second call tries again and fails the same way
+            with pytest.raises(sqlite3.OperationalError, match="cannot open the SQLite database"):
+                await asyncio.wait_for(app.start_workflow("echo", 1), 10)
+        (tmp_path / "no/such/dir").mkdir(parents=True)  # fixed: the same app works now
+        handle = await asyncio.wait_for(app.start_workflow("echo", 1), 10)
+        async with app.worker():
+            assert await handle.result(timeout=20) == 1
+    finally:
+        await app.close()
+
+
 async def test_bad_id_policies(app: perdure.App) -> None:
     register(app)
     with pytest.raises(ValueError, match="id_reuse_policy"):
