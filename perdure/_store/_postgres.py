@@ -97,6 +97,7 @@ class PostgresStore(Store):
         self._listener: Listener | None = None
         self._step_query = RawQuery.parse(self.q["commit_step"])  # a step that closes its run
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
+        self._slim_query = RawQuery.parse(self.q["commit_step_slim"])  # a lean one, alone
         # Steps committed together go out as one statement per kind (lean, closing),
         # and so do the starts of runs whose first steps they are.
         lean = Merge(
@@ -116,7 +117,11 @@ class PostgresStore(Store):
             self._start_query, RawQuery.parse(self.q["insert_runs"]), merged_start_params
         )
         self._group = GroupCommit(
-            self.db, prepare=_fresh_lease, merges=(lean, closing), starts=starts
+            self.db,
+            prepare=_fresh_lease,
+            merges=(lean, closing),
+            starts=starts,
+            alone=self._alone_query,
         )
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)
@@ -366,6 +371,8 @@ class PostgresStore(Store):
         if self.settings.group_commit:
             values = await self._group.submit(*statements)
         else:
+            if len(statements) == 1:
+                statements[0] = (self._alone_query(query, params), params)
             values = await self.db.statement(partial(self._alone, statements))
         if values[-1] == 1:
             return
@@ -373,6 +380,18 @@ class PostgresStore(Store):
             await self._commit_in_transaction(step)
             return
         raise StepRejected(step.run_id)
+
+    def _alone_query(self, query: RawQuery, params: dict[str, Any]) -> RawQuery:
+        """The statement for a write that goes alone: a lean step with no task rows to add
+        or delete and no message to consume takes ``commit_step_slim`` (less server work)."""
+        if (
+            query is self._lean_query
+            and params["tasks"] == "[]"
+            and params["finished_tasks"] == "{}"
+            and params["consumed_inbox"] == "{}"
+        ):
+            return self._slim_query
+        return query
 
     @staticmethod
     async def _alone(statements: list[Statement], conn: Conn) -> list[Any]:

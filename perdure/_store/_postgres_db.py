@@ -656,8 +656,11 @@ class GroupCommit:
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         merges: tuple[Merge, ...] = (),
         starts: StartMerge | None = None,
+        alone: Callable[[RawQuery, dict[str, Any]], RawQuery] | None = None,
     ) -> None:
         self._db = db
+        # A statement that is a batch by itself may go out in a leaner form.
+        self._alone_query = alone or _as_sent
         self._link = Link(db)
         self._merges = merges
         self._starts = starts
@@ -709,6 +712,7 @@ class GroupCommit:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
             query, params = batch[0][0]
             self.statements += 1
+            query = self._alone_query(query, params)
             return [[await self._link.first(conn, query, prepare(params))]]
         if self._merges or self._starts is not None:
             plan = self._plan(batch)
@@ -898,6 +902,10 @@ def _readable(fd: int) -> bool:
 
 def _same(params: dict[str, Any]) -> dict[str, Any]:
     return params
+
+
+def _as_sent(query: RawQuery, params: dict[str, Any]) -> RawQuery:
+    return query
 
 
 def _settle(

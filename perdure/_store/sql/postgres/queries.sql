@@ -454,6 +454,44 @@ WITH fence AS (
 )
 SELECT count(*) AS fenced FROM fence;
 
+-- name: commit_step_slim
+-- PostgreSQL only: commit_step_lean for a step sent alone that adds no task rows, deletes
+-- none and consumes no inbox message (every step of a sequential workflow whose activities
+-- run in the worker): the run's row and its new events only. The server skips three
+-- statements that would find nothing to do; their setup was about an eighth of the
+-- backend's CPU per step (0.38 -> 0.33 ms in a W4 probe).
+WITH fence AS (
+    UPDATE perdure.workflows AS w
+    SET next_event_seq = %(next_event_seq)s,
+        wake_at = CASE
+            WHEN EXISTS (SELECT 1 FROM perdure.inbox i
+                         WHERE i.namespace = w.namespace AND i.workflow_id = w.workflow_id
+                           AND (i.run_id IS NULL OR i.run_id = w.run_id))
+            THEN 'epoch'::timestamptz
+            WHEN w.wake_at <= %(wake_at)s::timestamptz AND %(wake_at)s::timestamptz <= now()
+            THEN w.wake_at
+            ELSE %(wake_at)s::timestamptz
+        END,
+        -- never shorter than a renewal that ran while this step waited for a connection
+        lease_expires_at = GREATEST(w.lease_expires_at, %(lease_until)s::timestamptz),
+        owner = CASE WHEN %(release)s THEN NULL ELSE owner END,
+        search_attributes = CASE
+            WHEN %(patch)s::jsonb IS NULL THEN w.search_attributes
+            ELSE jsonb_strip_nulls(w.search_attributes || %(patch)s::jsonb)
+        END
+    WHERE w.run_id = %(run_id)s
+      AND CASE WHEN w.owner = %(worker_id)s AND w.next_event_seq = %(expected_seq)s
+                    AND w.status = 'running' THEN true ELSE false END
+    RETURNING w.run_id
+), appended AS (
+    INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
+    FROM fence, json_to_recordset(%(events)s::json)
+                AS e(seq integer, event_type text, name text, attributes json,
+                     created_at timestamptz)
+)
+SELECT count(*) AS fenced FROM fence;
+
 -- name: commit_steps_lean
 -- PostgreSQL only: many commit_step_lean steps (of different runs) in ONE statement, for
 -- a group commit: the server plans, starts and ends one statement instead of one per

@@ -1,0 +1,160 @@
+"""PostgreSQL: a lean step sent alone with no task rows and no messages goes out slim.
+
+``commit_step_slim`` is ``commit_step_lean`` without its task and inbox statements (the
+server's setup of statements that find nothing to do). These check which steps take it,
+with group commit on and off, and that such a step still does what a step must: fence,
+history, search attributes, release, and waking for a message that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from pgserver import Databases
+
+from perdure._history import EventType, HistoryEvent
+from perdure._store import open_store
+from perdure._store._base import NewRun, NewTask, StepCommit, StepRejected, utcnow
+from perdure._store._postgres import PostgresStore
+from perdure._store._postgres_db import Conn, RawQuery
+
+T = "job"
+FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
+
+
+async def opened(postgres: Databases, group_commit: str) -> tuple[PostgresStore, list[str]]:
+    """A migrated store, and the list that records which statement each lone step took."""
+    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
+    assert isinstance(store, PostgresStore)
+    await store.migrate()
+    names = {id(q): n for n, q in (("slim", store._slim_query), ("lean", store._lean_query))}
+    sent: list[str] = []
+    if group_commit == "off":
+        store.settings = replace(store.settings, group_commit=False)
+        alone = store._alone
+
+        async def recorded(statements: list[tuple[RawQuery, dict[str, Any]]], conn: Conn) -> Any:
+            sent.extend(names.get(id(q), "other") for q, _ in statements)
+            return await alone(statements, conn)
+
+        store._alone = recorded  # type: ignore[method-assign]
+    else:
+        link = store._group._link
+        first = link.first
+
+        async def recorded_first(conn: Conn, query: RawQuery, params: dict[str, Any]) -> Any:
+            sent.append(names.get(id(query), "other"))
+            return await first(conn, query, params)
+
+        link.first = recorded_first  # type: ignore[method-assign]
+    return store, sent
+
+
+async def claimed(store: PostgresStore) -> str:
+    run = NewRun(
+        namespace="default",
+        workflow_id=uuid.uuid4().hex,
+        run_id=uuid.uuid4().hex,
+        workflow_type=T,
+        task_queue="q",
+        input=[],
+        wake_at=utcnow(),
+    )
+    await store.start_run(run)
+    (record,) = await store.claim_runs(
+        namespace="default",
+        worker_id="w1",
+        task_queues=["q"],
+        workflow_types=[T],
+        limit=1,
+        lease_until=utcnow() + timedelta(seconds=30),
+    )
+    return record.run_id
+
+
+def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
+    kw.setdefault("lease_until", utcnow() + timedelta(seconds=30))
+    return StepCommit(
+        namespace="default",
+        run_id=run_id,
+        worker_id=kw.pop("worker_id", "w1"),
+        expected_seq=seq,
+        events=[
+            HistoryEvent(
+                seq=seq,
+                event_type=EventType.MARKER_RECORDED,
+                name=None,
+                attributes={"z": seq, "a": 0},
+                created_at=utcnow(),
+            )
+        ],
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("group_commit", ["on", "off"])
+async def test_which_lone_steps_go_slim(postgres: Databases, group_commit: str) -> None:
+    store, sent = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        await store.commit_step(step(run_id, 1, wake_at=utcnow()))
+        task = NewTask(
+            activity_id=7,
+            activity_type="a",
+            task_queue="remote",
+            scheduled_at=utcnow(),
+            visible_at=utcnow(),
+        )
+        await store.commit_step(step(run_id, 2, new_tasks=[task]))  # adds a task row
+        await store.commit_step(step(run_id, 3, finished_tasks=[7]))  # deletes one
+        record = await store.get_run_by_id(run_id)
+        assert record is not None
+        await store.send_inbox("default", record.workflow_id, None, "signal", "s", [1])
+        (item,) = await store.load_run_inbox(run_id)
+        await store.commit_step(step(run_id, 4, consumed_inbox=[item.inbox_id]))
+        await store.commit_step(step(run_id, 5, search_attributes={"n": 1}))
+        assert sent == ["slim", "lean", "lean", "lean", "slim"]
+        assert await store.load_tasks(run_id) == []
+        assert await store.load_run_inbox(run_id) == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("group_commit", ["on", "off"])
+async def test_a_slim_step_does_what_a_step_must(postgres: Databases, group_commit: str) -> None:
+    store, sent = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        due_since = (await store.get_run_by_id(run_id)).wake_at  # type: ignore[union-attr]
+        await store.commit_step(step(run_id, 1, wake_at=utcnow(), search_attributes={"c": "r"}))
+        record = await store.get_run_by_id(run_id)
+        assert record is not None
+        assert record.wake_at == due_since  # due before and after: kept as it was
+        assert record.search_attributes == {"c": "r"}
+        await store.commit_step(step(run_id, 2, wake_at=FAR, search_attributes={"c": None}))
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.wake_at == FAR and record.search_attributes == {}
+        # A message that arrived and was not consumed keeps the run due.
+        await store.send_inbox("default", record.workflow_id, None, "signal", "s", [1])
+        await store.commit_step(step(run_id, 3, wake_at=FAR))
+        woken = await store.get_run_by_id(run_id)
+        assert woken is not None and woken.wake_at is not None and woken.wake_at < utcnow()
+        events = await store.load_history(run_id)
+        assert [(e.seq, list(e.attributes)) for e in events] == [(s, ["z", "a"]) for s in (1, 2, 3)]
+        # Fenced: a replayed step, another worker, and a released run are refused.
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 3))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 4, worker_id="w2"))
+        await store.commit_step(step(run_id, 4, release=True, wake_at=utcnow()))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 5))
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.owner is None and record.next_event_seq == 5
+        assert sent and set(sent) == {"slim"}
+    finally:
+        await store.close()
