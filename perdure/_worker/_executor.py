@@ -143,8 +143,7 @@ class ActivityExecution:
             outcome = await run_attempt(act, defn, info, self._pool_(), now)
         finally:
             self._activity_slots.release()
-        if act.state is not None:
-            act.heartbeat_details = list(act.state.details)
+        act.end_attempt()
         base = {
             "activity_id": act.activity_id,
             "activity_type": act.activity_type,
@@ -245,8 +244,7 @@ class ActivityExecution:
                         self._activity_slots.release()
                     outcome_ok, value = outcome.ok, outcome.value
                     error = outcome.error if outcome.error is not None else RuntimeError()
-                if act.state is not None:
-                    act.heartbeat_details = list(act.state.details)
+                act.end_attempt()
                 retry = self._settle_attempt(run, act, outcome_ok, value, error)
                 if retry is not None:
                     assert retry.retry_at is not None

@@ -49,6 +49,15 @@ TimerFactory = Callable[
 ]
 
 
+def _closed_timer_factory(
+    delay: float,
+    callback: Callable[..., Any],
+    args: tuple[Any, ...],
+    context: contextvars.Context | None,
+) -> asyncio.TimerHandle:
+    raise RuntimeError("the workflow's loop is closed: it can start no timer")
+
+
 class WorkflowLoop(asyncio.AbstractEventLoop):
     def __init__(self, timer_factory: TimerFactory) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
@@ -136,6 +145,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def close(self) -> None:
         self._closed = True
+        # The factory is a method of the runner, which holds this loop: drop it so a
+        # finished run is freed by reference counting, not by the cyclic collector.
+        self._timer_factory = _closed_timer_factory
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         # "Task was destroyed but it is pending" and friends: kept for the runner to

@@ -86,13 +86,10 @@ class _Activation:
 
 class WorkflowRunner:
     def __init__(self, defn: WorkflowDefinition, info: WorkflowInfo, registry: Registry) -> None:
-        from perdure._workflow._context import WorkflowContext
-
         self.defn = defn
         self.info = info
         self.registry = registry
         self.loop = WorkflowLoop(self._timer_factory)  # type: ignore[abstract]
-        self.ctx = WorkflowContext(self)
         self._rng: random.Random | None = None
         self.now = datetime.now(UTC)
         self.closed = False
@@ -470,8 +467,12 @@ class WorkflowRunner:
 
     async def _run_main(self, raw_args: list[Any]) -> None:
         try:
+            from perdure._workflow._context import WorkflowContext
+
             args = self.defn.signature.decode_args(raw_args, kind="workflow")
-            result = await self.defn.fn(self.ctx, *args)
+            # Only the workflow's own code holds its context: a runner that kept it too
+            # would form a cycle (context -> runner -> context) that outlives the run.
+            result = await self.defn.fn(WorkflowContext(self), *args)
         except _Suspend:
             raise
         except ContinueAsNew as can:
