@@ -37,6 +37,7 @@ from perdure._store._base import (
     utcnow,
 )
 from perdure._store._postgres_db import (
+    ByRun,
     Conn,
     Database,
     Dedicated,
@@ -88,7 +89,7 @@ class PostgresStore(Store):
         self.settings: Settings = parse_url(url, default_port=self._default_port)
         self.schema = self.settings.schema
         self.q = dialect_queries(self._query_dialects, self.schema)
-        self.tx = Statements(self.q)
+        self.tx = Statements(self.q, bulk_starts=self.dialect == "postgres")
         self.db = Database(
             self.settings,
             fault_rate=self._fault_rate(),
@@ -127,6 +128,10 @@ class PostgresStore(Store):
         self._lease_conn = Dedicated(self.db)
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
+        # A batch of claimed runs being resumed: each kind of read as one query (ByRun).
+        self._histories = ByRun(self.db, self.q["load_histories"])
+        self._runs_tasks = ByRun(self.db, self.q["load_runs_tasks"])
+        self._runs_inbox = ByRun(self.db, self.q["runs_inbox"])
 
     def _fault_rate(self) -> float:
         return 0.0
@@ -294,8 +299,7 @@ class PostgresStore(Store):
         return [run_from_row(r) for r in await self._all(query, params)]
 
     async def load_history(self, run_id: str) -> list[HistoryEvent]:
-        rows = await self._all(self.q["load_history"], {"run_id": run_id})
-        return [event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in await self._histories.rows(run_id)]
 
     async def send_inbox(
         self,
@@ -341,11 +345,10 @@ class PostgresStore(Store):
         return [run_from_row(r) for r in rows]
 
     async def load_tasks(self, run_id: str) -> list[ActivityTask]:
-        return [task_from_row(r) for r in await self._all(self.q["load_tasks"], {"run_id": run_id})]
+        return [task_from_row(r) for r in await self._runs_tasks.rows(run_id)]
 
     async def load_run_inbox(self, run_id: str) -> list[InboxItem]:
-        rows = await self._all(self.q["run_inbox"], {"run_id": run_id})
-        return [inbox_from_row(r) for r in rows]
+        return [inbox_from_row(r) for r in await self._runs_inbox.rows(run_id)]
 
     async def owned_inbox(self, worker_id: str, after_id: int = 0) -> list[InboxItem]:
         params = {"worker_id": worker_id, "after_id": after_id}

@@ -180,10 +180,15 @@ def is_plain(step: StepCommit) -> bool:
         return False
     start = step.start
     return start is None or (
-        start.id_reuse_policy == "allow_duplicate"
-        and start.id_conflict_policy in ("fail", "use_existing")
-        and not step.consumed_inbox
-        and not step.finished_tasks
+        _plain_start(start) and not step.consumed_inbox and not step.finished_tasks
+    )
+
+
+def _plain_start(run: NewRun) -> bool:
+    """Whether a plain insert that skips a taken id decides this start (``start_insert``)."""
+    return run.id_reuse_policy == "allow_duplicate" and run.id_conflict_policy in (
+        "fail",
+        "use_existing",
     )
 
 
@@ -395,8 +400,10 @@ def change_params(change: ScheduleChange, started: list[NewRun]) -> dict[str, An
 class Statements:
     """Transaction bodies over one schema's named queries (``q``)."""
 
-    def __init__(self, q: dict[str, str]) -> None:
+    def __init__(self, q: dict[str, str], *, bulk_starts: bool = False) -> None:
         self.q = q
+        # PostgreSQL: a step's children go in as one insert_runs statement (start_children).
+        self.bulk_starts = bulk_starts
 
     async def one(self, conn: Conn, name: str, params: Any) -> Row | None:
         return await (await conn.execute(self.q[name], params)).fetchone()
@@ -497,8 +504,8 @@ class Statements:
             raise StepRejected(step.run_id)
         async with conn.pipeline():  # writes that need no answer go out together
             await self._own_rows(conn, step)
-        for child in step.children:
-            await self.start_child(conn, step, child)
+        if step.children:
+            await self.start_children(conn, step)
         for msg in step.messages:
             # Addressed to the workflow id (its current run, after any continue-as-new);
             # a workflow that is no longer running simply does not get it.
@@ -574,6 +581,27 @@ class Statements:
                 self.q["merge_search_attributes"],
                 {"run_id": step.run_id, "patch": dumps(step.search_attributes)},
             )
+
+    async def start_children(self, conn: Conn, step: StepCommit) -> None:
+        """Start a step's children, in order.
+
+        One by one, each is a savepoint and two or three statements: a fan-out of 1,000
+        children took ~4,000 round trips in one transaction. When every child's id
+        policies are those a plain insert decides (``is_plain``'s starts), they go in as
+        ONE ``insert_runs`` statement; a child whose id is taken inserts nothing there and
+        then takes the one-by-one path, which applies its policies as before.
+        """
+        children = step.children
+        if not self.bulk_starts or len(children) < 2 or not all(map(_plain_start, children)):
+            for child in children:
+                await self.start_child(conn, step, child)
+            return
+        runs = merged_start_params([start_params(child) for child in children])
+        cur = await conn.execute(self.q["insert_runs"], runs)
+        inserted = {row["run_id"] for row in await cur.fetchall()}
+        for child in children:
+            if child.run_id not in inserted:
+                await self.start_child(conn, step, child)
 
     async def start_child(self, conn: Conn, step: StepCommit, child: NewRun) -> None:
         """Start a child run; if its id is taken, tell the parent through its inbox."""

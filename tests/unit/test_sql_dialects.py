@@ -16,6 +16,9 @@ POSTGRES_ONLY = {
     "commit_steps_lean",
     "commit_steps_close",
     "insert_runs",
+    "load_histories",
+    "load_runs_tasks",
+    "runs_inbox",
 }
 
 

@@ -59,6 +59,17 @@ WHERE run_id = %(run_id)s ORDER BY seq;
 -- name: load_tasks
 SELECT * FROM perdure.tasks WHERE run_id = %(run_id)s ORDER BY activity_id;
 
+-- name: load_histories
+-- PostgreSQL only: load_history of many runs in ONE query (a worker resuming a batch of
+-- claimed runs reads them all at once); each run's events in order.
+SELECT run_id, seq, event_type, name, attributes, created_at FROM perdure.history
+WHERE run_id = ANY(%(run_ids)s::text[]) ORDER BY run_id, seq;
+
+-- name: load_runs_tasks
+-- PostgreSQL only: load_tasks of many runs in ONE query.
+SELECT * FROM perdure.tasks WHERE run_id = ANY(%(run_ids)s::text[])
+ORDER BY run_id, activity_id;
+
 -- name: fence_step
 -- A message that arrived after the worker last read its inbox keeps the run due. A run
 -- due before and after the step keeps its wake_at (see commit_step_lean).
@@ -198,6 +209,16 @@ JOIN perdure.workflows w
   ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
  AND CASE WHEN w.status = 'running' THEN true ELSE false END
 WHERE w.run_id = %(run_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
+ORDER BY i.inbox_id;
+
+-- name: runs_inbox
+-- PostgreSQL only: run_inbox of many runs in ONE query (each row names its run).
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure.inbox i
+JOIN perdure.workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
+ AND CASE WHEN w.status = 'running' THEN true ELSE false END
+WHERE w.run_id = ANY(%(run_ids)s::text[]) AND (i.run_id IS NULL OR i.run_id = w.run_id)
 ORDER BY i.inbox_id;
 
 -- name: insert_inbox
