@@ -197,6 +197,22 @@ def id_array(ids: list[int]) -> str:
     return "{" + ",".join(str(int(i)) for i in ids) + "}"
 
 
+def events_json(events: list[HistoryEvent]) -> str:
+    """History events as one JSON array, for the statements that insert them as a set."""
+    return dumps(
+        [
+            {
+                "seq": e.seq,
+                "event_type": str(e.event_type),
+                "name": e.name,
+                "attributes": e.attributes,
+                "created_at": e.created_at.isoformat(),
+            }
+            for e in events
+        ]
+    )
+
+
 def plain_step_params(step: StepCommit) -> dict[str, Any]:
     """The parameters of the one-statement ``commit_step`` (or ``commit_step_lean``) query."""
     close = step.close
@@ -208,18 +224,7 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
         "wake_at": step.wake_at,
         "lease_until": step.lease_until,
         "release": step.release,
-        "events": dumps(
-            [
-                {
-                    "seq": e.seq,
-                    "event_type": str(e.event_type),
-                    "name": e.name,
-                    "attributes": e.attributes,
-                    "created_at": e.created_at.isoformat(),
-                }
-                for e in step.events
-            ]
-        ),
+        "events": events_json(step.events),
         "tasks": dumps(
             [
                 {
@@ -402,7 +407,8 @@ class Statements:
 
     def __init__(self, q: dict[str, str], *, bulk_starts: bool = False) -> None:
         self.q = q
-        # PostgreSQL: a step's children go in as one insert_runs statement (start_children).
+        # PostgreSQL: a step's children go in as one insert_runs statement (start_children),
+        # and its events as one append_events statement.
         self.bulk_starts = bulk_starts
 
     async def one(self, conn: Conn, name: str, params: Any) -> Row | None:
@@ -545,7 +551,10 @@ class Statements:
 
     async def _own_rows(self, conn: Conn, step: StepCommit) -> None:
         cur = conn.cursor()
-        if step.events:
+        if len(step.events) > 1 and self.bulk_starts:  # one statement, not one per event
+            events = {"run_id": step.run_id, "events": events_json(step.events)}
+            await conn.execute(self.q["append_events"], events)
+        elif step.events:
             await cur.executemany(
                 self.q["append_event"], [event_params(step.run_id, e) for e in step.events]
             )

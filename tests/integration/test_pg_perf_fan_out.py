@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -224,5 +225,37 @@ async def test_concurrent_reads_of_many_runs_are_one_query_each(postgres: Databa
         # A run with nothing, and a run that does not exist, read as empty.
         assert await store.load_history("nope") == []
         assert await store.load_run_inbox("nope") == []
+    finally:
+        await store.close()
+
+
+async def test_a_step_with_many_events_appends_them_as_one_statement(
+    postgres: Databases,
+) -> None:
+    store = await opened(postgres)
+    try:
+        parent = new_run()
+        await store.start_run(parent)
+        (parent_id,) = await claimed(store)
+        # The one-by-one statement must not be used: it would fail here.
+        store.tx.q = {**store.tx.q, "append_event": "SELECT perdure.no_such_function()"}
+        events = [event(s, z=s, a=[s, {"b": None}], text="é'\"\\") for s in range(1, 6)]
+        events[2] = replace(events[2], name="named")
+        await store.commit_step(
+            StepCommit(
+                namespace="default",
+                run_id=parent_id,
+                worker_id="w1",
+                expected_seq=1,
+                events=events,
+                children=[new_run(parent_run_id=parent_id, child_id=1)],
+                lease_until=utcnow() + timedelta(seconds=30),
+            )
+        )
+        loaded = await store.load_history(parent_id)
+        assert [(e.seq, e.event_type, e.name, e.attributes, e.created_at) for e in loaded] == [
+            (e.seq, e.event_type, e.name, e.attributes, e.created_at) for e in events
+        ]
+        assert [list(e.attributes) for e in loaded] == [["z", "a", "text"]] * 5
     finally:
         await store.close()

@@ -10,6 +10,7 @@ from perdure._store._queries import load_queries, migration_files
 # steps (or starts) of a batch as one; the other dialects use the shared per-table
 # statements (which PostgreSQL defines too, for terminate and CockroachDB).
 POSTGRES_ONLY = {
+    "append_events",
     "commit_step",
     "commit_step_lean",
     "commit_step_slim",
