@@ -8,7 +8,7 @@ lease or a moved run becomes ``StepRejected``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -236,17 +236,17 @@ class StepCommit:
     worker_id: str
     expected_seq: int
     events: list[HistoryEvent]
-    new_tasks: list[NewTask] = field(default_factory=list)
+    new_tasks: Sequence[NewTask] = ()
     finished_tasks: list[int] = field(default_factory=list)
     consumed_inbox: list[int] = field(default_factory=list)
     wake_at: datetime | None = None
     lease_until: datetime | None = None
     close: RunClose | None = None
     release: bool = False
-    children: list[NewRun] = field(default_factory=list)
-    messages: list[Message] = field(default_factory=list)
-    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
-    search_attributes: dict[str, Any] | None = None
+    children: Sequence[NewRun] = ()
+    messages: Sequence[Message] = ()
+    replies: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    search_attributes: Mapping[str, Any] | None = None
     continue_as_new: NewRun | None = None
     # The run itself, when this is its very first step taken by the starting process's
     # own worker: inserted in the same transaction (one commit for start + first step).

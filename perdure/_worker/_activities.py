@@ -36,21 +36,21 @@ class PendingActivity:
     attempt: int
     scheduled_at: datetime
     visible_at: datetime
-    heartbeat_details: list[Any]
+    heartbeat_details: tuple[Any, ...]  # the last attempt's (shared empty tuple: none)
     task: asyncio.Task[None] | None = None
     state: ActivityState | None = None
     in_attempt: bool = False
     has_row: bool = False  # a task row exists (only after a failed attempt, or remote)
 
     def progress(self) -> ActivityProgress:
-        details = list(self.state.details) if self.state is not None else self.heartbeat_details
+        details = self.state.details if self.state is not None else self.heartbeat_details
         return ActivityProgress(
             activity_id=self.activity_id,
             activity_type=self.activity_type,
             label=self.label,
             attempt=self.attempt,
             scheduled_at=self.scheduled_at,
-            heartbeat_details=details,
+            heartbeat_details=list(details),
         )
 
     @classmethod
@@ -61,7 +61,7 @@ class PendingActivity:
             activity_id=int(attrs["activity_id"]),
             activity_type=str(attrs["activity_type"]),
             label=label,
-            args=list(attrs.get("args") or []),
+            args=attrs.get("args") or [],  # the event's own list: nothing changes it
             retry=RetryPolicy.from_dict(attrs["retry"]) if attrs.get("retry") else None,
             start_to_close=attrs.get("start_to_close_timeout"),
             schedule_to_close=attrs.get("schedule_to_close_timeout"),
@@ -69,7 +69,7 @@ class PendingActivity:
             attempt=1,
             scheduled_at=scheduled_at,
             visible_at=scheduled_at,
-            heartbeat_details=[],
+            heartbeat_details=(),
         )
 
     def end_attempt(self) -> None:
@@ -78,7 +78,7 @@ class PendingActivity:
         reference counting instead of waiting for the cyclic garbage collector."""
         state, self.state = self.state, None
         if state is not None and state.details:
-            self.heartbeat_details = list(state.details)
+            self.heartbeat_details = state.details
 
     def timeouts_unset(self) -> bool:
         return (
@@ -159,7 +159,7 @@ async def run_attempt(
     now: datetime,
 ) -> Outcome:
     """Run one attempt; never raises (except cancellation of the caller)."""
-    state = ActivityState(info, tuple(act.heartbeat_details))
+    state = ActivityState(info, act.heartbeat_details)
     act.state = state
     try:
         args = defn.signature.decode_args(act.args, kind="activity")

@@ -123,7 +123,7 @@ class ActivityExecution:
             task.scheduled_at,
         )
         act.attempt = task.attempt
-        act.heartbeat_details = task.heartbeat_details
+        act.heartbeat_details = tuple(task.heartbeat_details)
         defn = self.app._registry.activities[task.activity_type]
         act.apply_defaults(defn.options)
         await self._activity_slots.acquire()
@@ -175,7 +175,7 @@ class ActivityExecution:
             self.worker_id,
             attempt=act.attempt + 1,
             visible_at=verdict.retry_at,
-            heartbeat_details=act.heartbeat_details,
+            heartbeat_details=list(act.heartbeat_details),
             last_failure=verdict.failure,
         )
 
@@ -217,7 +217,7 @@ class ActivityExecution:
                     return
                 defn = self._activity_definition(run, act.activity_type)
                 if defn is None:
-                    error: BaseException = ApplicationError(
+                    error: BaseException | None = ApplicationError(
                         f"activity type {act.activity_type!r} is not registered on this worker",
                         type="ActivityNotRegistered",
                         non_retryable=True,
@@ -243,7 +243,7 @@ class ActivityExecution:
                         act.in_attempt = False
                         self._activity_slots.release()
                     outcome_ok, value = outcome.ok, outcome.value
-                    error = outcome.error if outcome.error is not None else RuntimeError()
+                    error = outcome.error
                 act.end_attempt()
                 retry = self._settle_attempt(run, act, outcome_ok, value, error)
                 if retry is not None:
@@ -276,7 +276,12 @@ class ActivityExecution:
             self._drop(run, f"activity {act.label!r} could not be recorded: {exc!r}")
 
     def _settle_attempt(
-        self, run: HeldRun, act: PendingActivity, ok: bool, value: Any, error: BaseException
+        self,
+        run: HeldRun,
+        act: PendingActivity,
+        ok: bool,
+        value: Any,
+        error: BaseException | None,
     ) -> Verdict | None:
         """Make a finished activity the run's next input; or, if it must be tried again,
         the verdict that says when."""
@@ -285,6 +290,8 @@ class ActivityExecution:
                 run, act, EventType.ACTIVITY_COMPLETED, {"result": value}, kick=False
             )
             return None
+        if error is None:  # an Outcome(ok=False) always carries its error; never seen
+            error = RuntimeError("activity attempt failed")
         verdict = judge_failure(act, error, self.clock.now())
         if not verdict.final:
             return verdict
@@ -358,7 +365,7 @@ class ActivityExecution:
             task_queue=task_queue,
             scheduled_at=act.scheduled_at,
             started_at=started_at,
-            heartbeat_details=tuple(act.heartbeat_details),
+            heartbeat_details=act.heartbeat_details,
         )
 
     def _pool_(self) -> ThreadPoolExecutor:

@@ -541,7 +541,7 @@ class Worker(ActivityExecution):
             if row is not None:  # it failed before: resume its retry state
                 act.attempt = row.attempt
                 act.visible_at = row.visible_at
-                act.heartbeat_details = row.heartbeat_details
+                act.heartbeat_details = tuple(row.heartbeat_details)
                 act.has_row = True
             run.activities[act.activity_id] = act
             self._launch_activity(run, act)
@@ -735,17 +735,20 @@ class Worker(ActivityExecution):
                 )
                 seq += 1
         plan = plan_step(run, events, now)
-        if rejected:
-            plan.replies.update(rejected)
+        for update_id, rejection in rejected.items():
+            plan.reply(update_id, rejection)
         if plan.close is not None:
             for update_id in run.runner.pending_updates:
-                plan.replies[update_id] = {
-                    "error": {
-                        "type": "UpdateFailedError",
-                        "message": f"workflow closed ({plan.close.status}) before the update "
-                        "finished",
-                    }
-                }
+                plan.reply(
+                    update_id,
+                    {
+                        "error": {
+                            "type": "UpdateFailedError",
+                            "message": f"workflow closed ({plan.close.status}) before the "
+                            "update finished",
+                        }
+                    },
+                )
         new_tasks, finished = task_rows(plan, finished)
         wake = wake_after(run, plan, now)
         await self.store.commit_step(
