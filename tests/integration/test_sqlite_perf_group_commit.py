@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,5 +131,62 @@ async def test_large_groups_keep_order_and_isolation(tmp_path: Path) -> None:
         expected += [f"c{i:02d}" for i in range(30) if i not in (3, 17)]
         assert await rows(db) == sorted(expected)
         assert db.commits >= 3
+    finally:
+        await db.close()
+
+
+async def test_a_group_commits_off_the_loop_and_what_follows_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    # On the loop, a group's COMMIT (its fsync) runs on a helper thread while the loop
+    # goes on; a lone write commits on the loop (no thread hop on a sequential path).
+    # A read submitted with the group answers only after the group is durable.
+    db = await open_db(tmp_path, "loop")
+    try:
+        await db.write(insert("warm"))
+        committed_on: list[str] = []
+        assert db._conn is not None
+        db._conn.set_trace_callback(
+            lambda sql: (
+                committed_on.append(threading.current_thread().name) if sql == "COMMIT" else None
+            )
+        )
+        loop_thread = threading.current_thread().name
+        outcomes = await asyncio.gather(
+            db.write(insert("g1")),
+            db.write(insert("g2")),
+            db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]),
+        )
+        assert outcomes == ["g1", "g2", 3]
+        assert len(committed_on) == 1 and committed_on[0] != loop_thread
+        assert await db.write(insert("lone")) == "lone"
+        assert committed_on[1:] == [loop_thread]
+    finally:
+        await db.close()
+
+
+async def test_a_group_whose_commit_fails_leaves_nothing(tmp_path: Path) -> None:
+    # A deferred foreign key is only checked at COMMIT: that COMMIT fails (on the
+    # helper thread), every write of the group hears it, and none of them stays.
+    db = await open_db(tmp_path, "loop")
+
+    def schema(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE child (pid INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    def orphan(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO child (pid) VALUES (42)")
+
+    try:
+        await db.write(schema)
+        outcomes = await asyncio.gather(
+            db.write(insert("x")), db.write(orphan), db.write(insert("y")), return_exceptions=True
+        )
+        assert all(isinstance(o, sqlite3.IntegrityError) for o in outcomes), outcomes
+        assert await rows(db) == []
+        assert await asyncio.gather(db.write(insert("z")), db.write(insert("w"))) == ["z", "w"]
+        assert await rows(db) == ["w", "z"]
     finally:
         await db.close()
