@@ -744,6 +744,12 @@ class GroupCommit:
     not fail in normal operation (the step statement reports a lost fence as 0 rows, not
     as an error); if one does, the batch is rolled back and each write retried alone, so
     one bad write cannot fail the others.
+
+    Up to ``links`` batches are in flight at once, each on a connection of its own: while
+    the server executes and commits one batch, the next one gathers and goes out, so the
+    worker does not sit idle for the server's part of every batch. A run has at most one
+    write in flight (its next step waits for this one), so batches in flight together
+    never hold writes of the same step sequence.
     """
 
     def __init__(
@@ -751,6 +757,7 @@ class GroupCommit:
         db: Database,
         *,
         max_batch: int = 256,
+        links: int = 2,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         merges: tuple[Merge, ...] = (),
         starts: StartMerge | None = None,
@@ -759,13 +766,15 @@ class GroupCommit:
         self._db = db
         # A statement that is a batch by itself may go out in a leaner form.
         self._alone_query = alone or _as_sent
-        self._link = Link(db)
+        self._links = [Link(db) for _ in range(links)]
+        self._free = self._links[::-1]  # not running a batch; pop() takes the first link
         self._merges = merges
         self._starts = starts
         self._prepare = prepare or _same  # called on each statement's parameters when sent
         self._max_batch = max_batch
         self._queue: list[tuple[list[Statement], asyncio.Future[list[Any]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._starting = False  # a flusher was created and has not taken its batch yet
         self.transactions = 0
         self.writes = 0
         self.statements = 0  # sent, merged statements counted once
@@ -774,45 +783,71 @@ class GroupCommit:
         """The first column of each statement's first row, once they are committed."""
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._queue.append((list(statements), future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="perdure-group-commit")
+        self._spawn()
         return await future
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            writes = [w for w, _ in batch]
-            try:
-                values = await self._link.run(partial(self._run, batch=writes))
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:
-                # Lost connection, server shutting down, timeouts: the batch may have
-                # committed. Sending its writes again would meet their own commits (a
-                # step rejected by its own fence); the callers must look it up instead.
-                if len(batch) == 1 or isinstance(exc, psycopg.OperationalError):
-                    for _, future in batch:
-                        _settle(future, exc=exc)
-                else:
-                    await asyncio.gather(*(self._alone(w, f) for w, f in batch))
-                continue
-            self.transactions += 1
-            self.writes += len(batch)
-            for (_, future), value in zip(batch, values, strict=True):
-                _settle(future, value=value)
+    def _spawn(self) -> None:
+        """Start a flusher on a free link, unless one is about to take the queue anyway.
 
-    async def _run(self, conn: Conn, *, batch: list[list[Statement]]) -> list[list[Any]]:
+        Writes submitted in the same turn of the loop go out together: the new flusher
+        takes the queue when it first runs.
+        """
+        if self._free and not self._starting:
+            self._starting = True
+            flusher = asyncio.create_task(
+                self._flush(self._free.pop()), name="perdure-group-commit"
+            )
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+
+    async def _flush(self, link: Link) -> None:
+        self._starting = False
+        try:
+            while self._queue:
+                await self._flush_one(link)
+        finally:
+            self._free.append(link)  # nothing can be queued between the loop's end and here
+
+    async def _flush_one(self, link: Link) -> None:
+        """Take one batch off the queue and run it on ``link``."""
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        if self._queue:
+            self._spawn()  # more than one batch is waiting: the next goes out meanwhile
+        writes = [w for w, _ in batch]
+        try:
+            values = await link.run(partial(self._run, link, batch=writes))
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            # Lost connection, server shutting down, timeouts: the batch may have
+            # committed. Sending its writes again would meet their own commits (a
+            # step rejected by its own fence); the callers must look it up instead.
+            if len(batch) == 1 or isinstance(exc, psycopg.OperationalError):
+                for _, future in batch:
+                    _settle(future, exc=exc)
+            else:
+                for write, future in batch:  # one at a time: the link is one connection
+                    await self._alone(link, write, future)
+            return
+        self.transactions += 1
+        self.writes += len(batch)
+        for (_, future), value in zip(batch, values, strict=True):
+            _settle(future, value=value)
+
+    async def _run(
+        self, link: Link, conn: Conn, *, batch: list[list[Statement]]
+    ) -> list[list[Any]]:
         prepare = self._prepare
         if len(batch) == 1 and len(batch[0]) == 1 and not self._db.fault_rate:
             # Alone: one statement is its own transaction, no BEGIN/COMMIT needed.
             query, params = batch[0][0]
             self.statements += 1
             query = self._alone_query(query, params)
-            return [[await self._link.first(conn, query, prepare(params))]]
-        self._link.handing_to_psycopg()  # a batch goes through psycopg's pipeline
+            return [[await link.first(conn, query, prepare(params))]]
+        link.handing_to_psycopg()  # a batch goes through psycopg's pipeline
         if self._merges or self._starts is not None:
             plan = self._plan(batch)
             if plan is not None:
@@ -901,11 +936,14 @@ class GroupCommit:
         return values
 
     async def close(self) -> None:
-        await self._link.close()
+        for link in self._links:
+            await link.close()
 
-    async def _alone(self, write: list[Statement], future: asyncio.Future[list[Any]]) -> None:
+    async def _alone(
+        self, link: Link, write: list[Statement], future: asyncio.Future[list[Any]]
+    ) -> None:
         try:
-            values = await self._link.run(partial(self._run, batch=[write]))
+            values = await link.run(partial(self._run, link, batch=[write]))
         except Exception as exc:
             _settle(future, exc=exc)
         else:

@@ -227,7 +227,7 @@ async def test_steps_find_their_run_by_its_primary_key(postgres: Databases) -> N
             return found
 
         # Group commit prepares its statements on a connection of its own.
-        found = await store._group._link.run(plans)
+        found = await store._group._links[0].run(plans)
         assert len(found) >= 2  # the lean step and the closing step
         for statement, plan in found.items():
             update = plan[plan.index("Update on workflows") :]

@@ -63,7 +63,7 @@ async def test_lone_statements_batches_and_lost_connections_interleave(
 ) -> None:
     db = database(postgres)
     group = GroupCommit(db)
-    link = group._link
+    link = group._links[0]
     try:
         assert await echo(link, 1) == 1
         # A batch of several writes goes through psycopg on the same socket.

@@ -43,7 +43,7 @@ async def opened(postgres: Databases, group_commit: str) -> tuple[PostgresStore,
 
         store._alone = recorded  # type: ignore[method-assign]
     else:
-        link = store._group._link
+        link = store._group._links[0]
         first = link.first
 
         async def recorded_first(conn: Conn, query: RawQuery, params: dict[str, Any]) -> Any:
