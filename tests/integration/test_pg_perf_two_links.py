@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import pytest
 from pgserver import Databases
 
 from perdure._store._postgres_db import Database, GroupCommit, RawQuery, parse_url
@@ -71,6 +72,32 @@ async def test_many_concurrent_writes_each_get_their_own_result(postgres: Databa
             assert values == [[k] for k in range(200)]
         assert group.writes == 600 and group.transactions >= 600 // 16
         assert all(link._conn is not None for link in group._links)  # both were used
+    finally:
+        await group.close()
+        await db.close()
+
+
+async def test_a_lone_write_of_several_statements_is_one_transaction(
+    postgres: Databases,
+) -> None:
+    # A run's start and its first step, sent alone, go out through libpq's pipeline
+    # mode as BEGIN, the statements, COMMIT: all or nothing, each statement's value back.
+    url, db = setup(postgres)
+    group = GroupCommit(db)
+    make = RawQuery.parse("CREATE TABLE IF NOT EXISTS t (k integer PRIMARY KEY, v text)")
+    put = RawQuery.parse("INSERT INTO t (k, v) VALUES (%(k)s, %(v)s) RETURNING k")
+    name = RawQuery.parse("SELECT v FROM t WHERE k = %(k)s")
+    try:
+        await group.submit((make, {}))
+        assert await group.submit((put, {"k": 1, "v": "a"}), (put, {"k": 2, "v": "b"})) == [1, 2]
+        assert await group.submit((put, {"k": 3, "v": "c"}), (name, {"k": 3})) == [3, "c"]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await group.submit((put, {"k": 4, "v": "d"}), (put, {"k": 1, "v": "again"}))
+        # Nothing of the failed write stayed, and the group goes on.
+        assert await group.submit((name, {"k": 4}), (name, {"k": 1})) == [None, "a"]
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            rows = await (await conn.execute("SELECT k, v FROM t ORDER BY k")).fetchall()
+        assert rows == [(1, "a"), (2, "b"), (3, "c")]
     finally:
         await group.close()
         await db.close()
