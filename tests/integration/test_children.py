@@ -114,3 +114,24 @@ async def test_bad_parent_close_policy_fails_clearly(app: perdure.App) -> None:
         handle = await app.start_workflow(bad_parent)
         with pytest.raises(perdure.WorkflowFailedError, match="parent_close_policy"):
             await handle.result(timeout=20)
+
+
+async def test_parents_fanning_out_at_once_each_gather_their_own_children(
+    app: perdure.App,
+) -> None:
+    # Children's results go to their parents' inboxes while the parents step: on
+    # PostgreSQL two group-commit batches are in flight at once, and a batch that
+    # meets the other's row locks the other way round is retried (a deadlock), never
+    # lost or mixed up.
+    @app.workflow
+    async def leaf(ctx: WorkflowContext, parent: int, i: int) -> int:
+        return parent * 1000 + i
+
+    @app.workflow
+    async def parent(ctx: WorkflowContext, p: int, n: int) -> list[int]:
+        return list(await asyncio.gather(*(ctx.execute_child(leaf, p, i) for i in range(n))))
+
+    async with app.worker():
+        handles = [await app.start_workflow(parent, p, 40) for p in range(6)]
+        results = await asyncio.gather(*(h.result(timeout=120) for h in handles))
+    assert results == [[p * 1000 + i for i in range(40)] for p in range(6)]
