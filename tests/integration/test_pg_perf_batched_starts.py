@@ -14,6 +14,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from pg_store_kit import opened
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
@@ -23,13 +24,6 @@ from perdure._store._base import NewRun, RunClose, StepCommit, utcnow
 from perdure._store._postgres import PostgresStore
 
 W = "w1"
-
-
-async def opened(postgres: Databases) -> PostgresStore:
-    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
-    assert isinstance(store, PostgresStore)
-    await store.migrate()
-    return store
 
 
 def first_step(workflow_id: str, *, close: bool = False) -> StepCommit:

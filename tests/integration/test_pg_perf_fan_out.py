@@ -10,52 +10,16 @@ do exactly what the one-by-one paths did.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from pg_store_kit import claim, new_run, opened
 from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
-from perdure._store import open_store
 from perdure._store._base import NewRun, NewTask, StepCommit, utcnow
-from perdure._store._postgres import PostgresStore
 from perdure._store._postgres_db import Conn
-
-T = "job"
-
-
-async def opened(postgres: Databases) -> PostgresStore:
-    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
-    assert isinstance(store, PostgresStore)
-    await store.migrate()
-    return store
-
-
-def new_run(workflow_id: str | None = None, **kw: Any) -> NewRun:
-    return NewRun(
-        namespace="default",
-        workflow_id=workflow_id or uuid.uuid4().hex,
-        run_id=uuid.uuid4().hex,
-        workflow_type=T,
-        task_queue="q",
-        input=[kw.pop("arg", 0)],
-        wake_at=utcnow(),
-        **kw,
-    )
-
-
-async def claimed(store: PostgresStore) -> list[str]:
-    records = await store.claim_runs(
-        namespace="default",
-        worker_id="w1",
-        task_queues=["q"],
-        workflow_types=[T],
-        limit=100,
-        lease_until=utcnow() + timedelta(seconds=30),
-    )
-    return [r.run_id for r in records]
 
 
 def event(seq: int, **attributes: Any) -> HistoryEvent:
@@ -73,10 +37,10 @@ async def test_children_go_in_as_one_statement_and_taken_ids_keep_their_policies
 ) -> None:
     store = await opened(postgres)
     try:
-        parent = new_run()
+        parent = new_run(arg=0)
         await store.start_run(parent)
-        (parent_id,) = await claimed(store)
-        taken = new_run("taken")
+        (parent_id,) = await claim(store)
+        taken = new_run("taken", arg=0)
         await store.start_run(taken)  # running: a child with this id conflicts
         one_by_one: list[str] = []
         start_child = store.tx.start_child
@@ -137,10 +101,10 @@ async def test_children_go_in_as_one_statement_and_taken_ids_keep_their_policies
 async def test_concurrent_reads_of_many_runs_are_one_query_each(postgres: Databases) -> None:
     store = await opened(postgres)
     try:
-        runs = [new_run() for _ in range(12)]
+        runs = [new_run(arg=0) for _ in range(12)]
         for run in runs:
             await store.start_run(run)
-        run_ids = await claimed(store)
+        run_ids = await claim(store)
         assert sorted(run_ids) == sorted(r.run_id for r in runs)
         # Some history, task rows and messages, different for each run.
         for n, run_id in enumerate(run_ids):
@@ -234,9 +198,9 @@ async def test_a_step_with_many_events_appends_them_as_one_statement(
 ) -> None:
     store = await opened(postgres)
     try:
-        parent = new_run()
+        parent = new_run(arg=0)
         await store.start_run(parent)
-        (parent_id,) = await claimed(store)
+        (parent_id,) = await claim(store)
         # The one-by-one statement must not be used: it would fail here.
         store.tx.q = {**store.tx.q, "append_event": "SELECT perdure.no_such_function()"}
         events = [event(s, z=s, a=[s, {"b": None}], text="é'\"\\") for s in range(1, 6)]
@@ -248,7 +212,7 @@ async def test_a_step_with_many_events_appends_them_as_one_statement(
                 worker_id="w1",
                 expected_seq=1,
                 events=events,
-                children=[new_run(parent_run_id=parent_id, child_id=1)],
+                children=[new_run(parent_run_id=parent_id, child_id=1, arg=0)],
                 lease_until=utcnow() + timedelta(seconds=30),
             )
         )

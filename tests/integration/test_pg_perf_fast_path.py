@@ -9,35 +9,17 @@ These check that the fast path does what the transaction path does.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 import pytest
+from pg_store_kit import T, new_run, opened
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
 from perdure._history import EventType, HistoryEvent
-from perdure._store import open_store
 from perdure._store._base import NewRun, RunClose, RunExists, StepCommit, utcnow
-from perdure._store._postgres import PostgresStore
 from perdure._store._postgres_tx import is_plain
-
-T = "job"
-
-
-def new_run(workflow_id: str, **kw: Any) -> NewRun:
-    return NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=uuid.uuid4().hex,
-        workflow_type=T,
-        task_queue="q",
-        input=[1],
-        wake_at=utcnow(),
-        **kw,
-    )
 
 
 def leased(run: NewRun, worker_id: str = "w1") -> NewRun:
@@ -67,13 +49,6 @@ def first_step(run: NewRun, close: RunClose | None = None) -> StepCommit:
         close=close,
         start=run,
     )
-
-
-async def opened(postgres: Databases) -> PostgresStore:
-    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
-    assert isinstance(store, PostgresStore)
-    await store.migrate()
-    return store
 
 
 async def test_starts_with_their_first_step_are_grouped(postgres: Databases) -> None:

@@ -9,70 +9,17 @@ run's next wake-up, and a takeover once its lease ran out.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from pg_store_kit import FAR, T, claimed, opened, step
 from pgserver import Databases
 
-from perdure._history import EventType, HistoryEvent
 from perdure._store import open_store
-from perdure._store._base import NewRun, NewTask, RunClose, StepCommit, StepRejected, utcnow
+from perdure._store._base import NewTask, RunClose, StepRejected, utcnow
 from perdure._store._postgres import PostgresStore
-
-T = "job"
-FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
-
-
-async def opened(postgres: Databases) -> PostgresStore:
-    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
-    assert isinstance(store, PostgresStore)
-    await store.migrate()
-    return store
-
-
-async def claimed(store: PostgresStore, worker_id: str = "w1") -> str:
-    run = NewRun(
-        namespace="default",
-        workflow_id=uuid.uuid4().hex,
-        run_id=uuid.uuid4().hex,
-        workflow_type=T,
-        task_queue="q",
-        input=[],
-        wake_at=utcnow(),
-    )
-    await store.start_run(run)
-    (record,) = await store.claim_runs(
-        namespace="default",
-        worker_id=worker_id,
-        task_queues=["q"],
-        workflow_types=[T],
-        limit=1,
-        lease_until=utcnow() + timedelta(seconds=30),
-    )
-    return record.run_id
-
-
-def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
-    kw.setdefault("lease_until", utcnow() + timedelta(seconds=30))
-    return StepCommit(
-        namespace="default",
-        run_id=run_id,
-        worker_id=kw.pop("worker_id", "w1"),
-        expected_seq=seq,
-        events=[
-            HistoryEvent(
-                seq=seq,
-                event_type=EventType.MARKER_RECORDED,
-                name=None,
-                attributes={"z": seq, "a": 0},
-                created_at=utcnow(),
-            )
-        ],
-        **kw,
-    )
 
 
 async def wake_at(store: PostgresStore, run_id: str) -> datetime | None:

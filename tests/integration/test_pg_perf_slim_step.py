@@ -8,29 +8,22 @@ history, search attributes, release, and waking for a message that arrived meanw
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from pg_store_kit import FAR, claimed, step
+from pg_store_kit import opened as migrated
 from pgserver import Databases
 
-from perdure._history import EventType, HistoryEvent
-from perdure._store import open_store
-from perdure._store._base import NewRun, NewTask, StepCommit, StepRejected, utcnow
+from perdure._store._base import NewTask, StepRejected, utcnow
 from perdure._store._postgres import PostgresStore
 from perdure._store._postgres_db import Conn, RawQuery
-
-T = "job"
-FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
 
 
 async def opened(postgres: Databases, group_commit: str) -> tuple[PostgresStore, list[str]]:
     """A migrated store, and the list that records which statement each lone step took."""
-    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
-    assert isinstance(store, PostgresStore)
-    await store.migrate()
+    store = await migrated(postgres)
     names = {id(q): n for n, q in (("slim", store._slim_query), ("lean", store._lean_query))}
     sent: list[str] = []
     if group_commit == "off":
@@ -52,48 +45,6 @@ async def opened(postgres: Databases, group_commit: str) -> tuple[PostgresStore,
 
         link.first = recorded_first  # type: ignore[method-assign]
     return store, sent
-
-
-async def claimed(store: PostgresStore) -> str:
-    run = NewRun(
-        namespace="default",
-        workflow_id=uuid.uuid4().hex,
-        run_id=uuid.uuid4().hex,
-        workflow_type=T,
-        task_queue="q",
-        input=[],
-        wake_at=utcnow(),
-    )
-    await store.start_run(run)
-    (record,) = await store.claim_runs(
-        namespace="default",
-        worker_id="w1",
-        task_queues=["q"],
-        workflow_types=[T],
-        limit=1,
-        lease_until=utcnow() + timedelta(seconds=30),
-    )
-    return record.run_id
-
-
-def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
-    kw.setdefault("lease_until", utcnow() + timedelta(seconds=30))
-    return StepCommit(
-        namespace="default",
-        run_id=run_id,
-        worker_id=kw.pop("worker_id", "w1"),
-        expected_seq=seq,
-        events=[
-            HistoryEvent(
-                seq=seq,
-                event_type=EventType.MARKER_RECORDED,
-                name=None,
-                attributes={"z": seq, "a": 0},
-                created_at=utcnow(),
-            )
-        ],
-        **kw,
-    )
 
 
 @pytest.mark.parametrize("group_commit", ["on", "off"])

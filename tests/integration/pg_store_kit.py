@@ -1,0 +1,83 @@
+"""What the PostgreSQL store tests build their runs and steps from.
+
+A migrated store on a fresh database, runs of one workflow type on queue ``q``, a claimed
+run, and a step that appends one marker event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgserver import Databases
+
+from perdure._history import EventType, HistoryEvent
+from perdure._store import open_store
+from perdure._store._base import NewRun, StepCommit, utcnow
+from perdure._store._postgres import PostgresStore
+
+T = "job"
+FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
+
+
+async def opened(postgres: Databases) -> PostgresStore:
+    """A migrated store on a fresh database of the session's server."""
+    store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
+    assert isinstance(store, PostgresStore)
+    await store.migrate()
+    return store
+
+
+def new_run(workflow_id: str | None = None, *, arg: Any = 1, **kw: Any) -> NewRun:
+    return NewRun(
+        namespace="default",
+        workflow_id=workflow_id or uuid.uuid4().hex,
+        run_id=uuid.uuid4().hex,
+        workflow_type=T,
+        task_queue="q",
+        input=[arg],
+        wake_at=utcnow(),
+        **kw,
+    )
+
+
+async def claim(store: PostgresStore, worker_id: str = "w1", limit: int = 100) -> list[str]:
+    """Claim the due runs for ``worker_id``; their run ids."""
+    records = await store.claim_runs(
+        namespace="default",
+        worker_id=worker_id,
+        task_queues=["q"],
+        workflow_types=[T],
+        limit=limit,
+        lease_until=utcnow() + timedelta(seconds=30),
+    )
+    return [r.run_id for r in records]
+
+
+async def claimed(store: PostgresStore, worker_id: str = "w1") -> str:
+    """A new run, started and claimed by ``worker_id``."""
+    await store.start_run(new_run())
+    (run_id,) = await claim(store, worker_id, limit=1)
+    return run_id
+
+
+def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
+    """The step at ``seq`` of a run held by ``worker_id`` (w1): one marker event."""
+    kw.setdefault("lease_until", utcnow() + timedelta(seconds=30))
+    return StepCommit(
+        namespace="default",
+        run_id=run_id,
+        worker_id=kw.pop("worker_id", "w1"),
+        expected_seq=seq,
+        events=[
+            HistoryEvent(
+                seq=seq,
+                event_type=EventType.MARKER_RECORDED,
+                name=None,
+                attributes={"z": seq, "a": 0},
+                created_at=utcnow(),
+            )
+        ],
+        **kw,
+    )
