@@ -73,6 +73,7 @@ async def test_changed_code_parks_the_run_until_fixed_code_is_deployed(database_
     # the old worker stopped while the run waits for "go"; a deploy changes the code
     new = make_app(database_url, changed=True)
     async with new, new.worker():
+        handle = new.get_handle("p-2")  # a handle of the app in use (old is closed)
         await handle.signal("go")
         for _ in range(200):
             desc = await handle.describe()
@@ -84,8 +85,10 @@ async def test_changed_code_parks_the_run_until_fixed_code_is_deployed(database_
     # fixed code (the original) is deployed again: the run resumes and finishes
     fixed = make_app(database_url)
     async with fixed, fixed.worker():
+        handle = fixed.get_handle("p-2")
         assert await handle.result(timeout=20) == ["A", "B", "C", "D"]
-    assert [e.event_type for e in await handle.history()].count("workflow_completed") == 1
+        history = await handle.history()
+    assert [e.event_type for e in history].count("workflow_completed") == 1
 
 
 async def test_failed_history_replays_when_code_fails_the_same_way(app: perdure.App) -> None:
@@ -126,15 +129,17 @@ async def test_patched_takes_old_path_on_replay_and_new_path_for_new_runs(
         await asyncio.sleep(0.3)
     v2 = build(True)
     async with v2, v2.worker():
+        old_run = v2.get_handle("v-old")  # a handle of the app in use (v1 is closed)
         await old_run.signal("go")
         assert await old_run.result(timeout=20) == "old"
+        old_history = await old_run.history()
         new_run = await v2.start_workflow("versioned", workflow_id="v-new")
         await new_run.signal("go")
         assert await new_run.result(timeout=20) == "new"
         new_history = await new_run.history()
     assert any(e.event_type == "marker_recorded" and e.name == "new-greeting" for e in new_history)
     await perdure.testing.replay(build(True), new_history)
-    await perdure.testing.replay(build(True), await old_run.history())
+    await perdure.testing.replay(build(True), old_history)
 
 
 async def test_replay_rejects_unknown_workflow_type(app: perdure.App) -> None:
