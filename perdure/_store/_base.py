@@ -373,8 +373,8 @@ class Store(abc.ABC):
         kind: str,
         name: str | None,
         payload: list[Any],
-    ) -> str:
-        """Queue a message for the running run; returns its run id.
+    ) -> None:
+        """Queue a message for the running run (of ``run_id``, if given).
 
         Raises ``WorkflowNotFoundError`` when no such run is running.
         """

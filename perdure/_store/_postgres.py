@@ -64,6 +64,7 @@ from perdure._store._postgres_tx import (
     merged_close_params,
     merged_start_params,
     merged_step_params,
+    not_running,
     plain_step_params,
     progress_params,
     remote_task_from_row,
@@ -114,6 +115,7 @@ class PostgresStore(Store):
             merged_close_params,
         )
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
+        self._message_query = RawQuery.parse(self.q["insert_inbox_running"])
         starts = StartMerge(
             self._start_query, RawQuery.parse(self.q["insert_runs"]), merged_start_params
         )
@@ -309,14 +311,33 @@ class PostgresStore(Store):
         kind: str,
         name: str | None,
         payload: list[Any],
-    ) -> str:
-        async def tx(conn: Conn) -> str:
-            row = await self.tx.running_row(conn, namespace, workflow_id, run_id)
+    ) -> None:
+        if self.settings.group_commit:
+            # One statement, committed with the other writes of its batch: a thousand
+            # signals in flight are a few transactions, not a thousand.
+            params = {
+                "namespace": namespace,
+                "workflow_id": workflow_id,
+                "run_id": run_id,
+                "kind": kind,
+                "name": name,
+                "payload": dumps(payload),
+                "created_at": utcnow(),
+            }
+            (sent,) = await self._group.submit((self._message_query, params))
+            if sent != 1:
+                latest = await self._one(
+                    self.q["latest_run"], {"namespace": namespace, "workflow_id": workflow_id}
+                )
+                raise not_running(workflow_id, run_id, latest)
+            return
+
+        async def tx(conn: Conn) -> None:
+            await self.tx.running_row(conn, namespace, workflow_id, run_id)
             await self.tx.insert_inbox(conn, namespace, workflow_id, run_id, kind, name, payload)
-            return str(row["run_id"])
 
         try:
-            return await self.db.transaction(tx)
+            await self.db.transaction(tx)
         except errors.NoDataFound:  # the run closed between the check and the insert
             raise WorkflowNotFoundError(
                 f"no running workflow with id {workflow_id!r}"

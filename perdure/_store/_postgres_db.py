@@ -1003,6 +1003,11 @@ class GroupCommit:
         return values
 
     async def close(self) -> None:
+        # A flusher still connecting would open a connection after its link was closed.
+        flushers = list(self._flushers)
+        for flusher in flushers:
+            flusher.cancel()
+        await asyncio.gather(*flushers, return_exceptions=True)
         for link in self._links:
             await link.close()
 

@@ -192,6 +192,16 @@ def _plain_start(run: NewRun) -> bool:
     )
 
 
+def not_running(workflow_id: str, run_id: str | None, latest: Row | None) -> WorkflowNotFoundError:
+    """What to say when no run of ``workflow_id`` (or not ``run_id``) is running."""
+    detail = f" (its last run is {latest['status']})" if latest is not None else ""
+    return WorkflowNotFoundError(
+        f"no running workflow with id {workflow_id!r}"
+        + (f" and run id {run_id!r}" if run_id else "")
+        + detail
+    )
+
+
 def id_array(ids: list[int]) -> str:
     """An integer array literal: a text parameter costs far less to send than a list."""
     return "{" + ",".join(str(int(i)) for i in ids) + "}"
@@ -423,13 +433,7 @@ class Statements:
         key = {"namespace": namespace, "workflow_id": workflow_id}
         row = await self.one(conn, "running_run", key)
         if row is None or (run_id is not None and row["run_id"] != run_id):
-            latest = await self.one(conn, "latest_run", key)
-            detail = f" (its last run is {latest['status']})" if latest is not None else ""
-            raise WorkflowNotFoundError(
-                f"no running workflow with id {workflow_id!r}"
-                + (f" and run id {run_id!r}" if run_id else "")
-                + detail
-            )
+            raise not_running(workflow_id, run_id, await self.one(conn, "latest_run", key))
         return row
 
     async def insert_inbox(

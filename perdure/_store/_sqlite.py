@@ -175,13 +175,12 @@ class SQLiteStore(Store):
         kind: str,
         name: str | None,
         payload: list[Any],
-    ) -> str:
-        def tx(conn: sqlite3.Connection) -> str:
-            row = running_row(conn, namespace, workflow_id, run_id)
+    ) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            running_row(conn, namespace, workflow_id, run_id)
             insert_inbox(conn, namespace, workflow_id, run_id, kind, name, payload)
-            return str(row["run_id"])
 
-        return await self.db.write(tx)
+        await self.db.write(tx)
 
     # -- worker side -----------------------------------------------------
     async def claim_runs(

@@ -16,6 +16,7 @@ POSTGRES_ONLY = {
     "commit_step_slim",
     "commit_steps_lean",
     "commit_steps_close",
+    "insert_inbox_running",
     "insert_runs",
     "load_histories",
     "load_runs_tasks",

@@ -234,6 +234,24 @@ INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload, 
 VALUES (%(namespace)s, %(workflow_id)s, %(run_id)s, %(kind)s, %(name)s, %(payload)s::jsonb,
         %(created_at)s);
 
+-- name: insert_inbox_running
+-- A message for a running workflow as ONE statement, so that group commit sends it with
+-- the other writes of its batch (signals from many clients at once): 1 when it went in,
+-- 0 when no such run is running.
+WITH target AS (
+    SELECT 1 FROM perdure.workflows
+    WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running'
+      AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s::text)
+), sent AS (
+    INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload,
+                               created_at)
+    SELECT %(namespace)s, %(workflow_id)s, %(run_id)s, %(kind)s, %(name)s, %(payload)s::jsonb,
+           %(created_at)s
+    FROM target
+    RETURNING 1
+)
+SELECT count(*) FROM sent;
+
 -- name: upsert_worker
 INSERT INTO perdure.workers (worker_id, namespace, hostname, pid, task_queues, started_at,
                              heartbeat_at)
