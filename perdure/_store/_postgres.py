@@ -59,6 +59,7 @@ from perdure._store._postgres_tx import (
     dumps,
     event_from_row,
     inbox_from_row,
+    inbox_params,
     is_plain,
     mergeable,
     merged_close_params,
@@ -315,15 +316,7 @@ class PostgresStore(Store):
         if self.settings.group_commit:
             # One statement, committed with the other writes of its batch: a thousand
             # signals in flight are a few transactions, not a thousand.
-            params = {
-                "namespace": namespace,
-                "workflow_id": workflow_id,
-                "run_id": run_id,
-                "kind": kind,
-                "name": name,
-                "payload": dumps(payload),
-                "created_at": utcnow(),
-            }
+            params = inbox_params(namespace, workflow_id, run_id, kind, name, payload)
             (sent,) = await self._group.submit((self._message_query, params))
             if sent != 1:
                 latest = await self._one(

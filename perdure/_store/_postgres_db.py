@@ -636,13 +636,8 @@ class Link(OwnConnection):
 
     async def first(self, conn: Conn, query: RawQuery, params: dict[str, Any]) -> Any:
         """Run ``query`` as one statement (autocommit): the first column of its first row."""
-        pgconn = conn.pgconn
-        if query.name not in self._prepared:
-            pgconn.send_prepare(query.name, query.text.encode())
-            await self._result(conn)
-            self._prepared.add(query.name)
-        args = [encode_param(value) for value in map(params.__getitem__, query.names)]
-        pgconn.send_query_prepared(query.name, args)
+        await self._prepare(conn, query)
+        self._send_prepared(conn, query, params)
         result = await self._result(conn)
         if result.status != ExecStatus.TUPLES_OK or result.ntuples == 0:
             return None
@@ -661,16 +656,11 @@ class Link(OwnConnection):
         """
         pgconn = conn.pgconn
         for query, _ in statements:
-            if query.name not in self._prepared:
-                pgconn.send_prepare(query.name, query.text.encode())
-                await self._result(conn)
-                self._prepared.add(query.name)
+            await self._prepare(conn, query)
         pgconn.enter_pipeline_mode()
         pgconn.send_query_params(b"BEGIN", None)
         for query, params in statements:
-            pgconn.send_query_prepared(
-                query.name, [encode_param(v) for v in map(params.__getitem__, query.names)]
-            )
+            self._send_prepared(conn, query, params)
         pgconn.send_query_params(b"COMMIT", None)
         pgconn.pipeline_sync()
         results = await self._pipeline_results(conn)
@@ -679,6 +669,18 @@ class Link(OwnConnection):
         if error is not None:
             raise errors.error_from_result(error, encoding=conn.info.encoding)
         return [_first_value(result) for result in results[1:-1]]
+
+    async def _prepare(self, conn: Conn, query: RawQuery) -> None:
+        """Prepare ``query`` under its own name, once per connection."""
+        if query.name not in self._prepared:
+            conn.pgconn.send_prepare(query.name, query.text.encode())
+            await self._result(conn)
+            self._prepared.add(query.name)
+
+    @staticmethod
+    def _send_prepared(conn: Conn, query: RawQuery, params: dict[str, Any]) -> None:
+        args = [encode_param(value) for value in map(params.__getitem__, query.names)]
+        conn.pgconn.send_query_prepared(query.name, args)
 
     async def _pipeline_results(self, conn: Conn) -> list[Any]:
         """Flush the pipeline, then read one result per query up to its sync point."""

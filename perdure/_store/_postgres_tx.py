@@ -192,6 +192,26 @@ def _plain_start(run: NewRun) -> bool:
     )
 
 
+def inbox_params(
+    namespace: str,
+    workflow_id: str,
+    run_id: str | None,
+    kind: str,
+    name: str | None,
+    payload: list[Any],
+) -> dict[str, Any]:
+    """The parameters of ``insert_inbox`` and ``insert_inbox_running``."""
+    return {
+        "namespace": namespace,
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "kind": kind,
+        "name": name,
+        "payload": dumps(payload),
+        "created_at": utcnow(),
+    }
+
+
 def not_running(workflow_id: str, run_id: str | None, latest: Row | None) -> WorkflowNotFoundError:
     """What to say when no run of ``workflow_id`` (or not ``run_id``) is running."""
     detail = f" (its last run is {latest['status']})" if latest is not None else ""
@@ -448,15 +468,7 @@ class Statements:
     ) -> None:
         await conn.execute(
             self.q["insert_inbox"],
-            {
-                "namespace": namespace,
-                "workflow_id": workflow_id,
-                "run_id": run_id,
-                "kind": kind,
-                "name": name,
-                "payload": dumps(payload),
-                "created_at": utcnow(),
-            },
+            inbox_params(namespace, workflow_id, run_id, kind, name, payload),
         )
 
     async def insert_run(self, conn: Conn, run: NewRun) -> tuple[str, bool]:

@@ -7,6 +7,7 @@ run, and a step that appends one marker event.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,11 +22,14 @@ T = "job"
 FAR = datetime.fromisoformat("2100-01-01T00:00:00+00:00")
 
 
-async def opened(postgres: Databases) -> PostgresStore:
-    """A migrated store on a fresh database of the session's server."""
+async def opened(postgres: Databases, group_commit: str = "on") -> PostgresStore:
+    """A migrated store on a fresh database of the session's server; ``group_commit``
+    "off" sends each write as its own transaction."""
     store = open_store(postgres.url_for(postgres.create(postgres.template("postgres"))))
     assert isinstance(store, PostgresStore)
     await store.migrate()
+    if group_commit == "off":
+        store.settings = replace(store.settings, group_commit=False)
     return store
 
 

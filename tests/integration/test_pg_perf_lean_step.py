@@ -9,7 +9,6 @@ run's next wake-up, and a takeover once its lease ran out.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,9 +31,7 @@ async def wake_at(store: PostgresStore, run_id: str) -> datetime | None:
 async def test_a_run_that_stays_due_keeps_its_wake_at(
     postgres: Databases, group_commit: str
 ) -> None:
-    store = await opened(postgres)
-    if group_commit == "off":
-        store.settings = replace(store.settings, group_commit=False)
+    store = await opened(postgres, group_commit)
     try:
         run_id = await claimed(store)
         due_since = await wake_at(store, run_id)

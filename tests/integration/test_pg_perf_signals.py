@@ -10,7 +10,6 @@ refused with the same clear error while the others of its batch land.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 from pg_store_kit import new_run, opened
@@ -23,9 +22,7 @@ from perdure._errors import WorkflowNotFoundError
 async def test_signals_sent_together_commit_together(
     postgres: Databases, group_commit: str
 ) -> None:
-    store = await opened(postgres)
-    if group_commit == "off":
-        store.settings = replace(store.settings, group_commit=False)
+    store = await opened(postgres, group_commit)
     try:
         runs = [new_run() for _ in range(40)]
         for run in runs:
@@ -53,9 +50,7 @@ async def test_signals_sent_together_commit_together(
 async def test_a_message_for_no_running_run_is_refused_and_the_others_land(
     postgres: Databases, group_commit: str
 ) -> None:
-    store = await opened(postgres)
-    if group_commit == "off":
-        store.settings = replace(store.settings, group_commit=False)
+    store = await opened(postgres, group_commit)
     try:
         live, ended = new_run("live"), new_run("ended")
         for run in (live, ended):

@@ -8,7 +8,6 @@ history, search attributes, release, and waking for a message that arrived meanw
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,11 +22,10 @@ from perdure._store._postgres_db import Conn, RawQuery
 
 async def opened(postgres: Databases, group_commit: str) -> tuple[PostgresStore, list[str]]:
     """A migrated store, and the list that records which statement each lone step took."""
-    store = await migrated(postgres)
+    store = await migrated(postgres, group_commit)
     names = {id(q): n for n, q in (("slim", store._slim_query), ("lean", store._lean_query))}
     sent: list[str] = []
     if group_commit == "off":
-        store.settings = replace(store.settings, group_commit=False)
         alone = store._alone
 
         async def recorded(statements: list[tuple[RawQuery, dict[str, Any]]], conn: Conn) -> Any:
