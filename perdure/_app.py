@@ -175,6 +175,9 @@ class App:
         if self._store is not None:
             store, self._store = self._store, None
             await store.close()
+        # The next use may come from another event loop (asyncio.run per script, command
+        # or test): nothing bound to this one may outlive the close.
+        self._store_lock = None
 
     async def __aenter__(self) -> App:
         return self
