@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from psycopg import errors
+from psycopg import AsyncClientCursor, errors
 
 from perdure._errors import WorkflowAlreadyStartedError, WorkflowNotFoundError
 from perdure._history import HistoryEvent
@@ -62,7 +62,9 @@ from perdure._store._postgres_tx import (
     inbox_params,
     is_plain,
     mergeable,
+    mergeable_close,
     merged_close_params,
+    merged_message_params,
     merged_start_params,
     merged_step_params,
     not_running,
@@ -112,18 +114,26 @@ class PostgresStore(Store):
         closing = Merge(
             self._step_query,
             RawQuery.parse(self.q["commit_steps_close"]),
-            mergeable,
+            mergeable_close,
             merged_close_params,
         )
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         self._message_query = RawQuery.parse(self.q["insert_inbox_running"])
+        # Messages from clients (signals, cancels, updates) go out as one statement per
+        # batch too (PostgreSQL; CockroachDB sends each on its own).
+        messages = Merge(
+            self._message_query,
+            RawQuery.parse(self.q["insert_inbox_many"]),
+            _any_message,
+            merged_message_params,
+        )
         starts = StartMerge(
             self._start_query, RawQuery.parse(self.q["insert_runs"]), merged_start_params
         )
         self._group = GroupCommit(
             self.db,
             prepare=_fresh_lease,
-            merges=(lean, closing),
+            merges=(lean, closing, messages) if self.dialect == "postgres" else (lean, closing),
             starts=starts,
             alone=self._alone_query,
         )
@@ -135,6 +145,9 @@ class PostgresStore(Store):
         self._histories = ByRun(self.db, self.q["load_histories"])
         self._runs_tasks = ByRun(self.db, self.q["load_runs_tasks"])
         self._runs_inbox = ByRun(self.db, self.q["runs_inbox"])
+        # Clients asking for the latest runs of many workflow ids at once (a thousand
+        # handles awaiting their results): one query for them all (LatestRuns).
+        self._latest_runs = LatestRuns(self.db, self.q["latest_runs"])
 
     def _fault_rate(self) -> float:
         return 0.0
@@ -264,8 +277,11 @@ class PostgresStore(Store):
             if record is None or record.workflow_id != workflow_id:
                 return None
             return record if record.namespace == namespace else None
-        key = {"namespace": namespace, "workflow_id": workflow_id}
-        row = await self._one(self.q["latest_run"], key)
+        if self.dialect == "postgres":
+            row = await self._latest_runs.row(namespace, workflow_id)
+        else:
+            key = {"namespace": namespace, "workflow_id": workflow_id}
+            row = await self._one(self.q["latest_run"], key)
         return None if row is None else run_from_row(row)
 
     async def get_run_by_id(self, run_id: str) -> RunRecord | None:
@@ -672,3 +688,66 @@ def _fresh_lease(params: dict[str, Any]) -> dict[str, Any]:
 def emulating_cockroach() -> bool:
     """Tests only: run the CockroachDB code paths against a PostgreSQL server."""
     return os.environ.get("PERDURE_TEST_COCKROACH_EMULATION", "") not in ("", "0")
+
+
+def _any_message(params: dict[str, Any]) -> bool:
+    """Every message can go in ``insert_inbox_many``."""
+    return True
+
+
+class LatestRuns:
+    """``latest_run`` of many workflow ids asked for together: ONE query for them all.
+
+    A thousand handles awaiting their results each look up their workflow's latest run:
+    one pooled round trip each cost the client more CPU (the pool's wait queue, the
+    cursor) than anything else it did for them. As in ``ByRun``, the reads asked for while
+    one query is out wait for it and go in the next one (so each reads what committed
+    before it was asked for).
+
+    The query's values are bound on the client, so the server plans it at each execution
+    with the table's size at that time: a plan kept from when the table was nearly empty
+    may find a workflow's runs by the namespace alone (``workflows_by_created``) and read
+    every run of the namespace for each id. Planning once per batch costs little.
+    """
+
+    def __init__(self, db: Database, query: str) -> None:
+        self._db = db
+        self._query = query
+        self._waiting: dict[tuple[str, str], list[asyncio.Future[Row | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def row(self, namespace: str, workflow_id: str) -> Row | None:
+        """The latest run's row of ``workflow_id`` in ``namespace``, if any."""
+        future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault((namespace, workflow_id), []).append(future)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="perdure-latest-runs")
+        return await future
+
+    async def _read(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            ids: dict[str, list[str]] = {}
+            for namespace, workflow_id in batch:
+                ids.setdefault(namespace, []).append(workflow_id)
+            found: dict[tuple[str, str], Row] = {}
+            try:
+                for namespace, workflow_ids in ids.items():
+                    params = {"namespace": namespace, "workflow_ids": workflow_ids}
+                    for row in await self._db.read(partial(self._fetch, params)):
+                        found[(namespace, row["workflow_id"])] = row
+            except Exception as exc:
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            for key, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found.get(key))
+
+    async def _fetch(self, params: dict[str, Any], conn: Conn) -> list[Row]:
+        async with AsyncClientCursor(conn) as cur:
+            await cur.execute(self._query, params)
+            return await cur.fetchall()

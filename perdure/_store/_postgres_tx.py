@@ -212,6 +212,19 @@ def inbox_params(
     }
 
 
+def merged_message_params(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``insert_inbox_many``: many messages' ``inbox_params`` as one
+    JSON array (each payload is a JSON text already and goes in as it is)."""
+    parts = [
+        f'{{"i":{i},"namespace":{_text(p["namespace"])},'
+        f'"workflow_id":{_text(p["workflow_id"])},"run_id":{_text(p["run_id"])},'
+        f'"kind":{_text(p["kind"])},"name":{_text(p["name"])},"payload":{p["payload"]},'
+        f'"created_at":{_json_time(p["created_at"])}}}'
+        for i, p in enumerate(messages)
+    ]
+    return {"messages": "[" + ",".join(parts) + "]"}
+
+
 def not_running(workflow_id: str, run_id: str | None, latest: Row | None) -> WorkflowNotFoundError:
     """What to say when no run of ``workflow_id`` (or not ``run_id``) is running."""
     detail = f" (its last run is {latest['status']})" if latest is not None else ""
@@ -300,6 +313,12 @@ def mergeable(params: dict[str, Any]) -> bool:
     return bool(params["finished_tasks"] == "{}" and params["consumed_inbox"] == "{}")
 
 
+def mergeable_close(params: dict[str, Any]) -> bool:
+    """Whether a closing step can go in ``commit_steps_close``: it deletes no task rows
+    (the inbox messages it took go by their ids)."""
+    return bool(params["finished_tasks"] == "{}")
+
+
 def _step_json(i: int, p: dict[str, Any], extra: str) -> str:
     """One step of a merged statement as a JSON object: what every kind of step has
     (its fence, events, tasks and patch), then ``extra``, its kind's own fields."""
@@ -347,7 +366,8 @@ def _close_fields(p: dict[str, Any]) -> str:
         f'"status":{_text(p["status"])},'
         f'"result":{"null" if p["result"] is None else p["result"]},'
         f'"error":{"null" if p["error"] is None else p["error"]},'
-        f'"closed_at":{_json_time(p["closed_at"])}'
+        f'"closed_at":{_json_time(p["closed_at"])},'
+        f'"consumed":[{p["consumed_inbox"][1:-1]}]'
     )
 
 

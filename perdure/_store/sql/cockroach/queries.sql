@@ -20,3 +20,15 @@ WITH due AS (
 UPDATE perdure.workflows AS w SET owner = %(worker_id)s, lease_expires_at = %(lease_until)s
 FROM due WHERE w.run_id = due.run_id
 RETURNING w.*;
+
+-- name: owned_inbox
+-- PostgreSQL's looks each message's run up in a LATERAL subquery with a LIMIT (for its
+-- generic plans); CockroachDB plans each execution and joins as it sees fit.
+SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
+FROM perdure.inbox i
+JOIN perdure.workflows w
+  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
+ AND CASE WHEN w.status = 'running' THEN true ELSE false END
+WHERE w.owner = %(worker_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
+  AND i.inbox_id > %(after_id)s
+ORDER BY i.inbox_id;

@@ -27,6 +27,17 @@ SELECT * FROM perdure.workflows
 WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s
 ORDER BY created_at DESC, run_id DESC LIMIT 1;
 
+-- name: latest_runs
+-- latest_run of many workflow ids in ONE query (LatestRuns in _postgres.py; sent with its
+-- values bound on the client, so planned at each execution): each id's runs found through
+-- workflows_by_id, the latest one taken.
+SELECT w.* FROM unnest(%(workflow_ids)s::text[]) AS k(workflow_id)
+CROSS JOIN LATERAL (
+    SELECT * FROM perdure.workflows
+    WHERE namespace = %(namespace)s AND workflow_id = k.workflow_id
+    ORDER BY created_at DESC, run_id DESC LIMIT 1
+) AS w;
+
 -- name: running_run
 SELECT * FROM perdure.workflows
 WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = 'running';
@@ -201,13 +212,20 @@ WHERE namespace = %(namespace)s AND status = 'running' AND parked_error IS NOT N
   AND workflow_type = ANY(%(workflow_types)s::text[]);
 
 -- name: owned_inbox
+-- The messages newer than after_id for the runs this worker holds, found from the
+-- messages: each one's run is looked up on its own (the LIMIT keeps the subquery a
+-- lookup per message, through workflows_one_running), and kept if this worker holds it.
+-- Joined the other way, every poll read every run the worker holds (10,000 runs waiting
+-- for a signal: 10,000 rows hashed per poll, for the few new messages).
 SELECT i.inbox_id, i.kind, i.name, i.payload, i.created_at, w.run_id
 FROM perdure.inbox i
-JOIN perdure.workflows w
-  ON w.namespace = i.namespace AND w.workflow_id = i.workflow_id
- AND CASE WHEN w.status = 'running' THEN true ELSE false END
-WHERE w.owner = %(worker_id)s AND (i.run_id IS NULL OR i.run_id = w.run_id)
-  AND i.inbox_id > %(after_id)s
+CROSS JOIN LATERAL (
+    SELECT w.run_id, w.owner FROM perdure.workflows w
+    WHERE w.namespace = i.namespace AND w.workflow_id = i.workflow_id
+      AND w.status = 'running' AND (i.run_id IS NULL OR i.run_id = w.run_id)
+    LIMIT 1
+) AS w
+WHERE i.inbox_id > %(after_id)s AND w.owner = %(worker_id)s
 ORDER BY i.inbox_id;
 
 -- name: run_inbox
@@ -251,6 +269,31 @@ WITH target AS (
     RETURNING 1
 )
 SELECT count(*) FROM sent;
+
+-- name: insert_inbox_many
+-- PostgreSQL only: many insert_inbox_running messages (of any runs) in ONE statement, for
+-- a group commit: a thousand signals from clients at once are one statement per batch,
+-- not one each. Each message goes in only if its run is running, in their order; the
+-- statement returns the position (i) of every message that went in. Each message's run
+-- is looked up on its own (the LIMIT keeps the subquery a lookup per message, through
+-- workflows_one_running): never a scan of the runs.
+WITH m AS (
+    SELECT * FROM json_to_recordset(%(messages)s::json)
+        AS m(i integer, namespace text, workflow_id text, run_id text, kind text,
+             name text, payload jsonb, created_at timestamptz)
+), target AS (
+    SELECT m.* FROM m
+    WHERE (SELECT true FROM perdure.workflows AS w
+           WHERE w.namespace = m.namespace AND w.workflow_id = m.workflow_id
+             AND w.status = 'running' AND (m.run_id IS NULL OR w.run_id = m.run_id)
+           LIMIT 1)
+), sent AS (
+    INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload,
+                               created_at)
+    SELECT namespace, workflow_id, run_id, kind, name, payload, created_at
+    FROM target ORDER BY i
+)
+SELECT i FROM target;
 
 -- name: upsert_worker
 INSERT INTO perdure.workers (worker_id, namespace, hostname, pid, task_queues, started_at,
@@ -670,10 +713,11 @@ RETURNING run_id;
 -- name: commit_steps_close
 -- Many closing steps (commit_step's, of different runs) in ONE statement: what
 -- commit_steps_lean is to commit_step_lean. Each step applies only if its own fence
--- matched; the statement returns the position (i) of every step that did. As there,
--- only steps that delete no task rows and take no inbox messages, and every table is
--- reached through an index on values the statement has at hand (run ids, parents' run
--- ids, workflow ids): a plan made once, while the tables were small, must not scan them.
+-- matched; the statement returns the position (i) of every step that did. Only steps
+-- that delete no task rows (they may take inbox messages: a run closing on the signal
+-- it waited for), and every table is reached through an index on values the statement
+-- has at hand (run ids, parents' run ids, workflow ids, inbox ids): a plan made once,
+-- while the tables were small, must not scan them.
 -- The arrays that an index scan repeated per closing step takes are DISTINCT: the scan
 -- sorts its array at every repetition (256 steps of one namespace, or 256 children of
 -- one parent: 256 sorts of 256 values, a tenth of the server's CPU for a W1 batch).
@@ -681,7 +725,7 @@ WITH s AS (
     SELECT * FROM json_to_recordset(%(steps)s::json)
         AS s(i integer, run_id text, worker_id text, expected_seq integer,
              next_event_seq integer, patch jsonb, events json, tasks json, status text,
-             result jsonb, error jsonb, closed_at timestamptz)
+             result jsonb, error jsonb, closed_at timestamptz, consumed bigint[])
 ), fence AS (
     UPDATE perdure.workflows AS w
     SET next_event_seq = s.next_event_seq,
@@ -701,7 +745,8 @@ WITH s AS (
       AND CASE WHEN w.owner = s.worker_id AND w.next_event_seq = s.expected_seq
                     AND w.status = 'running' THEN true ELSE false END
     RETURNING s.i, w.run_id, w.namespace, w.workflow_id, w.workflow_type, w.parent_run_id,
-              w.child_id, s.events, s.tasks, s.status, s.result, s.error, s.closed_at
+              w.child_id, s.events, s.tasks, s.status, s.result, s.error, s.closed_at,
+              s.consumed
 ), appended AS (
     INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
     SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
@@ -717,6 +762,10 @@ WITH s AS (
                 AS t(activity_id integer, activity_type text, task_queue text, label text,
                      args jsonb, options jsonb, scheduled_at timestamptz,
                      visible_at timestamptz)
+), consumed AS (
+    -- The messages the fenced steps took, by their ids (the primary key), all at once.
+    DELETE FROM perdure.inbox
+    WHERE inbox_id = ANY(ARRAY(SELECT DISTINCT c FROM fence, unnest(fence.consumed) AS c))
 ), to_parent AS (
     -- A child's outcome goes to its parent's inbox, if the parent still runs.
     INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload, created_at)
@@ -739,6 +788,7 @@ WITH s AS (
       AND i.workflow_id = ANY(ARRAY(SELECT f.workflow_id FROM fence AS f))
       AND i.namespace = fence.namespace AND i.workflow_id = fence.workflow_id
       AND i.kind = 'update' AND (i.run_id IS NULL OR i.run_id = fence.run_id)
+      AND i.inbox_id <> ALL(fence.consumed)
     RETURNING (CASE WHEN jsonb_typeof(i.payload) = 'array' THEN i.payload -> 0
                     ELSE i.payload END) ->> 'update_id' AS update_id,
               fence.workflow_id, fence.run_id, fence.status, fence.closed_at

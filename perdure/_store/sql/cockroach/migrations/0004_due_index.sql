@@ -1,0 +1,4 @@
+-- Nothing to change on CockroachDB: PostgreSQL's 0004 takes idle runs out of its
+-- workflows_due index (for the plans its triggers and generic plans keep). CockroachDB has
+-- no triggers, plans each statement itself, and its claim also looks for runs with a
+-- message waiting, whatever their wake_at. The version keeps the dialects in step.

@@ -1,0 +1,3 @@
+-- Nothing to change on SQLite: PostgreSQL's 0004 takes idle runs out of its workflows_due
+-- index (for the plans its triggers and generic plans keep). The version keeps the
+-- dialects in step.
