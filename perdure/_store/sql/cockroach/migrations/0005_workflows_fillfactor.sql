@@ -1,0 +1,3 @@
+-- Nothing to change on CockroachDB: PostgreSQL's 0005 leaves room in the pages of its
+-- workflows table for in-place (HOT) updates; CockroachDB stores rows in its own way. The
+-- version keeps the dialects in step.

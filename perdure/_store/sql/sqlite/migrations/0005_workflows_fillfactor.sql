@@ -1,0 +1,2 @@
+-- Nothing to change on SQLite: PostgreSQL's 0005 leaves room in the pages of its
+-- workflows table for in-place (HOT) updates. The version keeps the dialects in step.
