@@ -41,6 +41,7 @@ from perdure._store._postgres_db import (
     Conn,
     Database,
     Dedicated,
+    Gathered,
     GroupCommit,
     Listener,
     Merge,
@@ -695,14 +696,13 @@ def _any_message(params: dict[str, Any]) -> bool:
     return True
 
 
-class LatestRuns:
-    """``latest_run`` of many workflow ids asked for together: ONE query for them all.
+class LatestRuns(Gathered[tuple[str, str], Row | None]):
+    """``latest_run`` of many workflow ids asked for together: ONE query for them all
+    (per namespace), as ``ByRun`` does for reads by run.
 
     A thousand handles awaiting their results each look up their workflow's latest run:
     one pooled round trip each cost the client more CPU (the pool's wait queue, the
-    cursor) than anything else it did for them. As in ``ByRun``, the reads asked for while
-    one query is out wait for it and go in the next one (so each reads what committed
-    before it was asked for).
+    cursor) than anything else it did for them.
 
     The query's values are bound on the client, so the server plans it at each execution
     with the table's size at that time: a plan kept from when the table was nearly empty
@@ -710,44 +710,32 @@ class LatestRuns:
     every run of the namespace for each id. Planning once per batch costs little.
     """
 
+    _task_name = "perdure-latest-runs"
+
     def __init__(self, db: Database, query: str) -> None:
+        super().__init__()
         self._db = db
         self._query = query
-        self._waiting: dict[tuple[str, str], list[asyncio.Future[Row | None]]] = {}
-        self._reader: asyncio.Task[None] | None = None
 
     async def row(self, namespace: str, workflow_id: str) -> Row | None:
         """The latest run's row of ``workflow_id`` in ``namespace``, if any."""
-        future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault((namespace, workflow_id), []).append(future)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read(), name="perdure-latest-runs")
-        return await future
+        return await self._get((namespace, workflow_id))
 
-    async def _read(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, {}
-            ids: dict[str, list[str]] = {}
-            for namespace, workflow_id in batch:
-                ids.setdefault(namespace, []).append(workflow_id)
-            found: dict[tuple[str, str], Row] = {}
-            try:
-                for namespace, workflow_ids in ids.items():
-                    params = {"namespace": namespace, "workflow_ids": workflow_ids}
-                    for row in await self._db.read(partial(self._fetch, params)):
-                        found[(namespace, row["workflow_id"])] = row
-            except Exception as exc:
-                for futures in batch.values():
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                continue
-            for key, futures in batch.items():
-                for future in futures:
-                    if not future.done():
-                        future.set_result(found.get(key))
+    async def _fetch(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Row | None]:
+        ids: dict[str, list[str]] = {}
+        for namespace, workflow_id in keys:
+            ids.setdefault(namespace, []).append(workflow_id)
+        found: dict[tuple[str, str], Row | None] = {}
+        for namespace, workflow_ids in ids.items():
+            params = {"namespace": namespace, "workflow_ids": workflow_ids}
+            for row in await self._db.read(partial(self._rows, params)):
+                found[(namespace, row["workflow_id"])] = row
+        return found
 
-    async def _fetch(self, params: dict[str, Any], conn: Conn) -> list[Row]:
+    def _missing(self) -> Row | None:
+        return None
+
+    async def _rows(self, params: dict[str, Any], conn: Conn) -> list[Row]:
         async with AsyncClientCursor(conn) as cur:
             await cur.execute(self._query, params)
             return await cur.fetchall()

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -33,6 +33,8 @@ from perdure._store._queries import load_queries
 log = logging.getLogger("perdure.store")
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 Conn = AsyncConnection[DictRow]
 Tx = Callable[[Conn], Awaitable[T]]
 
@@ -259,49 +261,81 @@ class Database:
             await asyncio.sleep(min(0.002 * 2**attempt, 0.5) * (0.5 + random.random()))
 
 
-class ByRun:
-    """Reads of one kind, each for one run, that are asked for together go out as ONE
-    query for all their runs (``run_id = ANY(%(run_ids)s)``).
+class Gathered(Generic[K, V]):
+    """Lookups of one kind asked for together go out as ONE read for all their keys.
 
-    A worker resuming a batch of claimed runs reads each run's history, tasks and inbox:
-    three pooled round trips per run (a fan-out's 1,000 children: 3,000), which cost the
-    worker more CPU than anything else it did for them. The reads asked for while one
-    query is out wait for it and go in the next one. Rows come back split by their
-    ``run_id`` column, in the query's order.
+    A worker resuming a batch of claimed runs, or a thousand handles awaiting their
+    results, would otherwise make one pooled round trip per lookup, which cost the client
+    more CPU than anything else it did for them. The lookups asked for while one read is
+    out wait for it and go in the next one (so each reads what committed before it was
+    asked for). ``_fetch`` reads the values of many keys; a key it does not return gets
+    ``_missing()``.
     """
 
-    def __init__(self, db: Database, query: str) -> None:
-        self._db = db
-        self._query = query
-        self._waiting: dict[str, list[asyncio.Future[list[DictRow]]]] = {}
+    _task_name = "perdure-gathered-read"
+
+    def __init__(self) -> None:
+        self._waiting: dict[K, list[asyncio.Future[V]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def rows(self, run_id: str) -> list[DictRow]:
-        """The query's rows of ``run_id``."""
-        future: asyncio.Future[list[DictRow]] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(run_id, []).append(future)
+    async def _get(self, key: K) -> V:
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(future)
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read(), name="perdure-read-by-run")
+            self._reader = asyncio.create_task(self._read(), name=self._task_name)
         return await future
+
+    async def _fetch(self, keys: list[K]) -> dict[K, V]:
+        raise NotImplementedError
+
+    def _missing(self) -> V:
+        raise NotImplementedError
 
     async def _read(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, {}
-            params = {"run_ids": list(batch)}
             try:
-                rows = await self._db.read(partial(_fetch_all, self._query, params))
+                found = await self._fetch(list(batch))
             except Exception as exc:
                 for futures in batch.values():
                     for future in futures:
                         _settle(future, exc=exc)
                 continue
-            by_run: dict[str, list[DictRow]] = {}
-            for row in rows:
-                by_run.setdefault(row["run_id"], []).append(row)
-            for run_id, futures in batch.items():
-                found = by_run.get(run_id, [])
+            for key, futures in batch.items():
+                value = found[key] if key in found else self._missing()
                 for future in futures:
-                    _settle(future, value=found)
+                    _settle(future, value=value)
+
+
+class ByRun(Gathered[str, list[DictRow]]):
+    """Reads of one kind, each for one run, that are asked for together go out as ONE
+    query for all their runs (``run_id = ANY(%(run_ids)s)``).
+
+    A worker resuming a batch of claimed runs reads each run's history, tasks and inbox:
+    three pooled round trips per run (a fan-out's 1,000 children: 3,000). Rows come back
+    split by their ``run_id`` column, in the query's order.
+    """
+
+    _task_name = "perdure-read-by-run"
+
+    def __init__(self, db: Database, query: str) -> None:
+        super().__init__()
+        self._db = db
+        self._query = query
+
+    async def rows(self, run_id: str) -> list[DictRow]:
+        """The query's rows of ``run_id``."""
+        return await self._get(run_id)
+
+    async def _fetch(self, keys: list[str]) -> dict[str, list[DictRow]]:
+        rows = await self._db.read(partial(_fetch_all, self._query, {"run_ids": keys}))
+        by_run: dict[str, list[DictRow]] = {}
+        for row in rows:
+            by_run.setdefault(row["run_id"], []).append(row)
+        return by_run
+
+    def _missing(self) -> list[DictRow]:
+        return []
 
 
 async def _fetch_all(query: str, params: dict[str, Any], conn: Conn) -> list[DictRow]:
