@@ -278,12 +278,16 @@ class PostgresStore(Store):
             if record is None or record.workflow_id != workflow_id:
                 return None
             return record if record.namespace == namespace else None
-        if self.dialect == "postgres":
-            row = await self._latest_runs.row(namespace, workflow_id)
-        else:
-            key = {"namespace": namespace, "workflow_id": workflow_id}
-            row = await self._one(self.q["latest_run"], key)
+        row = await self._latest_run(namespace, workflow_id)
         return None if row is None else run_from_row(row)
+
+    async def _latest_run(self, namespace: str, workflow_id: str) -> Row | None:
+        """The row of ``workflow_id``'s newest run; on PostgreSQL through ``LatestRuns``
+        (batched, and planned with the table's size at the time)."""
+        if self.dialect == "postgres":
+            return await self._latest_runs.row(namespace, workflow_id)
+        key = {"namespace": namespace, "workflow_id": workflow_id}
+        return await self._one(self.q["latest_run"], key)
 
     async def get_run_by_id(self, run_id: str) -> RunRecord | None:
         row = await self._one(self.q["get_run"], {"run_id": run_id})
@@ -336,9 +340,7 @@ class PostgresStore(Store):
             params = inbox_params(namespace, workflow_id, run_id, kind, name, payload)
             (sent,) = await self._group.submit((self._message_query, params))
             if sent != 1:
-                latest = await self._one(
-                    self.q["latest_run"], {"namespace": namespace, "workflow_id": workflow_id}
-                )
+                latest = await self._latest_run(namespace, workflow_id)
                 raise not_running(workflow_id, run_id, latest)
             return
 

@@ -1,7 +1,7 @@
 """What the PostgreSQL store tests build their runs and steps from.
 
 A migrated store on a fresh database, runs of one workflow type on queue ``q``, a claimed
-run, and a step that appends one marker event.
+run, a step that appends one marker event, and many held runs inserted at once.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
 from perdure._store import open_store
-from perdure._store._base import NewRun, StepCommit, utcnow
+from perdure._store._base import NewRun, StepCommit, Store, utcnow
 from perdure._store._postgres import PostgresStore
 
 T = "job"
@@ -46,7 +47,7 @@ def new_run(workflow_id: str | None = None, *, arg: Any = 1, **kw: Any) -> NewRu
     )
 
 
-async def claim(store: PostgresStore, worker_id: str = "w1", limit: int = 100) -> list[str]:
+async def claim(store: Store, worker_id: str = "w1", limit: int = 100) -> list[str]:
     """Claim the due runs for ``worker_id``; their run ids."""
     records = await store.claim_runs(
         namespace="default",
@@ -84,4 +85,16 @@ def step(run_id: str, seq: int, **kw: Any) -> StepCommit:
             )
         ],
         **kw,
+    )
+
+
+async def hold_many(conn: psycopg.AsyncConnection[Any], n: int) -> None:
+    """``n`` more running runs inserted together (as a burst of starts fills the table's
+    pages), held by w1 and waiting (no wake-up); ids held-0..., run ids held-run-0..."""
+    await conn.execute(
+        "INSERT INTO perdure.workflows (run_id, namespace, workflow_id, workflow_type,"
+        " task_queue, status, input, wake_at, owner, lease_expires_at)"
+        " SELECT 'held-run-' || i, 'default', 'held-' || i, 'job', 'q', 'running', '[]',"
+        " NULL, 'w1', now() + interval '1 hour' FROM generate_series(0, %s - 1) AS i",
+        (n,),
     )

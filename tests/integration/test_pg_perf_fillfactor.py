@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import psycopg
-from pg_store_kit import opened
+from pg_store_kit import hold_many, opened
 from pgserver import Databases
 from psycopg.rows import dict_row
 
@@ -37,15 +37,7 @@ async def test_a_renewal_of_fresh_runs_rewrites_most_of_them_in_place(
             ).fetchone()
             assert row is not None and "fillfactor=70" in (row["reloptions"] or [])
 
-            # Runs inserted together, as a burst of starts fills the table's pages.
-            await conn.execute(
-                "INSERT INTO perdure.workflows (run_id, namespace, workflow_id, workflow_type,"
-                " task_queue, status, input, wake_at, owner, lease_expires_at)"
-                " SELECT 'held-run-' || i, 'default', 'held-' || i, 'job', 'q', 'running',"
-                " '[1, \"an argument\"]', NULL, 'w1', now() + interval '1 minute'"
-                " FROM generate_series(1, %s) AS i",
-                (HELD,),
-            )
+            await hold_many(conn, HELD)  # inserted together, filling their pages
             async with conn.transaction():
                 rows = await (
                     await conn.execute(

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_store_kit import claim, new_run, opened, step
+from pg_store_kit import claim, hold_many, new_run, opened, step
 from pgserver import Databases
 from psycopg.rows import dict_row
 
@@ -44,17 +44,6 @@ async def _connection(store: PostgresStore) -> psycopg.AsyncConnection[dict[str,
     )
     await _generic_plans(conn)
     return conn
-
-
-async def _hold_many(conn: psycopg.AsyncConnection[dict[str, Any]], n: int) -> None:
-    """``n`` more running runs, held by w1 and waiting (no wake-up), ids held-0..."""
-    await conn.execute(
-        "INSERT INTO perdure.workflows (run_id, namespace, workflow_id, workflow_type,"
-        " task_queue, status, input, wake_at, owner, lease_expires_at)"
-        " SELECT 'held-run-' || i, 'default', 'held-' || i, 'job', 'q', 'running', '[]',"
-        " NULL, 'w1', now() + interval '1 hour' FROM generate_series(0, %s - 1) AS i",
-        (n,),
-    )
 
 
 async def _rows_read(
@@ -86,7 +75,7 @@ async def test_a_signal_reads_its_run_not_every_running_run(postgres: Databases)
         await conn.execute(one, params, prepare=True)
         await conn.execute(many, merged_message_params([params]), prepare=True)
 
-        await _hold_many(conn, HELD)
+        await hold_many(conn, HELD)
 
         params = inbox_params("default", "held-7", None, "signal", "go", [1])
         read, rows = await _rows_read(conn, one, params)
@@ -121,7 +110,7 @@ async def test_a_poll_reads_the_new_messages_not_every_run_held(postgres: Databa
     try:
         query = store.q["owned_inbox"]
         await conn.execute(query, {"worker_id": "w1", "after_id": 0}, prepare=True)
-        await _hold_many(conn, HELD)
+        await hold_many(conn, HELD)
         await store.send_inbox("default", "held-5", None, "signal", "go", [5])
         await store.send_inbox("default", "held-6", None, "signal", "go", [6])
         mark = max(m.inbox_id for m in await store.load_run_inbox("held-run-5"))

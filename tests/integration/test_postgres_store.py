@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pg_store_kit import claim
 from pgserver import Databases
 
 import perdure
@@ -51,18 +52,6 @@ def event(seq: int, attributes: dict[str, Any] | None = None) -> HistoryEvent:
         attributes=attributes or {"n": seq},
         created_at=utcnow(),
     )
-
-
-async def claim(store: Store, worker_id: str, limit: int = 100) -> list[str]:
-    records = await store.claim_runs(
-        namespace="default",
-        worker_id=worker_id,
-        task_queues=["q"],
-        workflow_types=[T],
-        limit=limit,
-        lease_until=utcnow() + timedelta(seconds=30),
-    )
-    return [r.run_id for r in records]
 
 
 async def opened(url: str) -> Store:
