@@ -781,6 +781,13 @@ class Link(OwnConnection):
         waiter = self._waiter
         if waiter is not None:
             if not waiter.done():
+                # Read it now, not when the woken task runs: the loop's next look at
+                # the socket would find it readable still and call back once more, a
+                # callback that would stand in the way of the next write (``_direct``).
+                conn = self._conn
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.pgconn.consume_input()  # an error shows in the task's read
                 waiter.set_result(None)
         elif self._watched is not None and _readable(self._watched[1]):
             # Not a wait of ours, and still readable (the loop also calls back once more
@@ -877,13 +884,38 @@ class GroupCommit:
         self.transactions = 0
         self.writes = 0
         self.statements = 0  # sent, merged statements counted once
+        self.direct = 0  # writes sent at once from their caller's task (``_direct``)
 
     async def submit(self, *statements: Statement) -> list[Any]:
         """The first column of each statement's first row, once they are committed."""
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._queue and self._free and not self._starting and _nothing_else_ready(loop):
+            return await self._direct(list(statements))
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((list(statements), future))
         self._spawn()
         return await future
+
+    async def _direct(self, write: list[Statement]) -> list[Any]:
+        """A write that nothing could join: sent at once, from the caller's own task.
+
+        With no other callback ready, nothing else runs before the loop next waits for
+        I/O, so no other write could be submitted in time to join this one's batch. A
+        flusher task would only add a task and two turns of the loop between the step
+        and its commit (a sequential workflow's every step). Writes submitted while it
+        is out queue as usual and go on the other link.
+        """
+        link = self._free.pop()
+        self.direct += 1
+        try:
+            values = await link.run(partial(self._run, link, batch=[write]))
+        finally:
+            self._free.append(link)
+            if self._queue:
+                self._spawn()
+        self.transactions += 1
+        self.writes += 1
+        return values[0]
 
     def _spawn(self) -> None:
         """Start a flusher on a free link, unless one is about to take the queue anyway.
@@ -897,7 +929,6 @@ class GroupCommit:
                 self._flush(self._free.pop()), name="perdure-group-commit"
             )
             self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
 
     async def _flush(self, link: Link) -> None:
         self._starting = False
@@ -906,6 +937,9 @@ class GroupCommit:
                 await self._flush_one(link)
         finally:
             self._free.append(link)  # nothing can be queued between the loop's end and here
+            # Not a done callback: that would be one more callback in the loop's queue
+            # when the woken caller submits its next write (see ``_direct``).
+            self._flushers.discard(asyncio.current_task())
 
     async def _flush_one(self, link: Link) -> None:
         """Take one batch off the queue and run it on ``link``."""
@@ -1143,6 +1177,13 @@ def _readable(fd: int) -> bool:
         return bool(select.select([fd], [], [], 0)[0])
     except (OSError, ValueError):
         return True
+
+
+def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """No callback waits to run in this turn of the loop or the next (asyncio's own
+    loops keep them in ``_ready``; for another loop, assume there may be some)."""
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready
 
 
 def _same(params: dict[str, Any]) -> dict[str, Any]:
