@@ -5,8 +5,9 @@ the loop next waits for I/O, so a flusher task (and its two extra turns of the l
 statement) gained nothing for a sequential workflow's steps. These check that such writes
 go direct, every time (no callback left behind in the loop stops the next one), that
 writes submitted together still share one transaction, that writes arriving while a
-direct one is out take the other link, and that errors and cancellation leave the group
-usable.
+direct one is out take the other link, that a slow one does not hold up the event loop
+(its answer is awaited in a short blocking poll, then through the loop), and that errors
+and cancellation leave the group usable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from pgserver import Databases
 
+from perdure._store import _postgres_db as pgdb
 from perdure._store._postgres_db import Database, GroupCommit, RawQuery, parse_url
 
 ECHO = RawQuery.parse("SELECT %(k)s::integer")
@@ -109,5 +111,44 @@ async def test_a_cancelled_direct_write_frees_its_link(postgres: Databases) -> N
             await slow
         assert len(group._free) == 2
         assert [await echo(group, k) for k in range(3)] == [0, 1, 2]
+    finally:
+        await _close(db, group)
+
+
+async def test_a_slow_write_waits_briefly_then_leaves_the_loop_running(
+    postgres: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, group = await _group(postgres)
+    waits: list[int] = []
+    readable = pgdb._readable
+
+    def spied(fd: int, wait_ms: int = 0) -> bool:
+        waits.append(wait_ms)
+        return readable(fd, wait_ms)
+
+    monkeypatch.setattr(pgdb, "_readable", spied)
+    try:
+        await echo(group, 0)
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        for _ in range(3):  # until the write met a loop with nothing else ready
+            waits.clear()
+            before = ticks
+            assert await group.submit((SLOW, {"k": 3, "ms": 500})) == [3]
+            if pgdb._QUICK_WAIT_MS in waits:
+                break
+        assert pgdb._QUICK_WAIT_MS in waits  # it waited in a blocking poll first
+        # A loop held for the whole half second would have let the ticker run once.
+        assert ticks - before >= 5
+        done.set()
+        await ticking
     finally:
         await _close(db, group)
