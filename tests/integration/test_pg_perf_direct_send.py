@@ -152,3 +152,20 @@ async def test_a_slow_write_waits_briefly_then_leaves_the_loop_running(
         await ticking
     finally:
         await _close(db, group)
+
+
+def test_loops_without_a_ready_queue_never_go_direct() -> None:
+    """Another event loop (uvloop) keeps its callbacks elsewhere: assume some are ready,
+    so writes go through the flusher and waits through the loop, as before."""
+
+    class OtherLoop:
+        pass
+
+    assert not pgdb._nothing_else_ready(OtherLoop())  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        assert pgdb._nothing_else_ready(loop)
+        loop.call_soon(lambda: None)
+        assert not pgdb._nothing_else_ready(loop)
+    finally:
+        loop.close()
