@@ -154,6 +154,36 @@ async def test_a_slow_write_waits_briefly_then_leaves_the_loop_running(
         await _close(db, group)
 
 
+async def test_back_to_back_direct_writes_let_the_loop_turn(postgres: Databases) -> None:
+    """Answers that come within the short wait never yield: a thousand writes in a row
+    from one task (a sequential workflow's steps) would hold every timer, lease renewal
+    and other connection until the last. They let the loop turn every few ms."""
+    db, group = await _group(postgres)
+    try:
+        await echo(group, 0)
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:  # a timer: never in the ready queue when a write goes
+            nonlocal ticks
+            while not done:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        before, direct = ticks, group.direct
+        for k in range(1000):
+            assert (await group.submit((ECHO, {"k": k})))[0] == k
+        assert group.direct - direct >= 900  # they did go direct
+        # Held for all of them, the ticker would have run once or twice, not dozens.
+        assert ticks - before >= 10
+        done = True
+        await ticking
+    finally:
+        await _close(db, group)
+
+
 def test_loops_without_a_ready_queue_never_go_direct() -> None:
     """Another event loop (uvloop) keeps its callbacks elsewhere: assume some are ready,
     so writes go through the flusher and waits through the loop, as before."""
