@@ -43,8 +43,9 @@ def preallocate_wal(conn: sqlite3.Connection) -> int:
 
     Call it inside a write transaction: only the holder of the write lock appends
     frames or starts the WAL over, so nothing else writes where the zeros go. Returns
-    the bytes added (0 for in-memory databases, rollback journals, a WAL already that
-    large). Failing to extend (a full disk) costs speed, not data: logged, not raised.
+    the bytes added (0 for in-memory databases, rollback journals, or a WAL that is
+    already that large). Failing to extend (a full disk) costs speed, not data: logged,
+    not raised.
     """
     row = conn.execute("PRAGMA main.journal_mode").fetchone()
     if row is None or str(row[0]).lower() != "wal":
