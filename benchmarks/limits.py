@@ -47,7 +47,7 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
     conn.execute("CREATE INDEX IF NOT EXISTS t_k ON t (k)")
     # Untimed, until the WAL has reached its working size and started over once: while
     # it grows, each fsync also commits the file's new size (~1.5x slower). perdure's
-    # worker preallocates its WAL, so both sides are measured at their steady state.
+    # W3 and W4 start after 400 sequential steps, so both are measured at steady state.
     for i in range(int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])):
         conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"w{i}", PAYLOAD))
     latencies = []

@@ -46,7 +46,6 @@ from perdure._store._sqlite_tx import (
     schedule_from_row,
     terminate,
 )
-from perdure._store._sqlite_wal import preallocate_wal
 from perdure._store._times import parse
 
 
@@ -406,14 +405,7 @@ class SQLiteStore(Store):
             "task_queues": dumps(task_queues),
             "now": fmt(utcnow()),
         }
-
-        def register(conn: sqlite3.Connection) -> None:
-            conn.execute(_Q["upsert_worker"], params)
-            # A worker is about to commit steps one after another: grow the WAL to its
-            # working size now, under this write's lock, rather than commit by commit.
-            preallocate_wal(conn)
-
-        await self.db.write(register)
+        await self.db.write(lambda conn: conn.execute(_Q["upsert_worker"], params))
 
     async def deregister_worker(self, worker_id: str) -> None:
         await self.db.write(
