@@ -149,6 +149,7 @@ class PostgresStore(Store):
         # Clients asking for the latest runs of many workflow ids at once (a thousand
         # handles awaiting their results): one query for them all (LatestRuns).
         self._latest_runs = LatestRuns(self.db, self.q["latest_runs"])
+        self._runs_by_id = ByRun(self.db, self.q["get_runs"])  # get_run_by_id, batched
 
     def _fault_rate(self) -> float:
         return 0.0
@@ -290,8 +291,10 @@ class PostgresStore(Store):
         return await self._one(self.q["latest_run"], key)
 
     async def get_run_by_id(self, run_id: str) -> RunRecord | None:
-        row = await self._one(self.q["get_run"], {"run_id": run_id})
-        return None if row is None else run_from_row(row)
+        # Batched (ByRun): a thousand handles from start_workflow awaiting their results
+        # in a process without the worker each read their run; one query reads them all.
+        rows = await self._runs_by_id.rows(run_id)
+        return run_from_row(rows[0]) if rows else None
 
     async def closed_runs(self, run_ids: list[str]) -> set[str]:
         rows = await self._all(self.q["closed_runs"], {"run_ids": run_ids})

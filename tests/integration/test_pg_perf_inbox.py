@@ -212,3 +212,38 @@ async def test_latest_runs_asked_for_together_are_one_query(
         assert found[50] is None and found[51] is None
     finally:
         await store.close()
+
+
+async def test_runs_asked_for_by_id_together_are_one_query(
+    postgres: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handles from ``start_workflow`` know their run id: awaiting a thousand results in a
+    process without the worker read each run once; together, in one query."""
+    store = await opened(postgres)
+    try:
+        runs = [new_run(f"wf-{i}") for i in range(50)]
+        for run in runs:
+            await store.start_run(run)
+        await store.terminate_run("default", "wf-7", None, "done")
+
+        reads = 0
+        read = store.db.read
+
+        async def counting(fn: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read(fn)
+
+        monkeypatch.setattr(store.db, "read", counting)
+        found = await asyncio.gather(
+            *(store.get_run("default", f"wf-{i}", runs[i].run_id) for i in range(50)),
+            store.get_run("default", "wf-1", runs[2].run_id),  # another workflow's run
+            store.get_run("other", "wf-1", runs[1].run_id),  # another namespace
+            store.get_run("default", "wf-1", "no-such-run"),
+        )
+        assert reads <= 3, reads  # not 53
+        assert [r.run_id if r else None for r in found[:50]] == [r.run_id for r in runs]
+        assert found[7] is not None and found[7].status == "terminated"
+        assert found[50] is None and found[51] is None and found[52] is None
+    finally:
+        await store.close()

@@ -45,6 +45,11 @@ WHERE namespace = %(namespace)s AND workflow_id = %(workflow_id)s AND status = '
 -- name: get_run
 SELECT * FROM perdure.workflows WHERE run_id = %(run_id)s;
 
+-- name: get_runs
+-- PostgreSQL only: get_run of many runs in ONE query (handles awaiting their results,
+-- each knowing its run id, look their runs up together).
+SELECT * FROM perdure.workflows WHERE run_id = ANY(%(run_ids)s::text[]);
+
 -- name: claim_runs
 -- A worker does not take back its own run when its lease ran out (its renewal came late):
 -- it still holds the run in memory, and its next renewal extends the lease again.
