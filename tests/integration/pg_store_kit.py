@@ -1,17 +1,20 @@
 """What the PostgreSQL store tests build their runs and steps from.
 
 A migrated store on a fresh database, runs of one workflow type on queue ``q``, a claimed
-run, a step that appends one marker event, and many held runs inserted at once.
+run, a step that appends one marker event, many held runs inserted at once, and a count
+of the store's pooled reads.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
@@ -98,3 +101,18 @@ async def hold_many(conn: psycopg.AsyncConnection[Any], n: int) -> None:
         " NULL, 'w1', now() + interval '1 hour' FROM generate_series(0, %s - 1) AS i",
         (n,),
     )
+
+
+def count_reads(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """From now on, count the store's pooled reads (``db.read``); call the result to get
+    the count so far. Batched lookups show as one read for many callers."""
+    count = 0
+    read = store.db.read
+
+    async def counting(fn: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await read(fn)
+
+    monkeypatch.setattr(store.db, "read", counting)
+    return lambda: count

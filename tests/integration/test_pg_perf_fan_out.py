@@ -14,7 +14,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from pg_store_kit import claim, new_run, opened
+import pytest
+from pg_store_kit import claim, count_reads, new_run, opened
 from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
@@ -155,23 +156,17 @@ async def test_concurrent_reads_of_many_runs_are_one_query_each(postgres: Databa
             return await store.db.read(read)
 
         expected = [await one_by_one(r) for r in run_ids]
-        reads = 0
-        read = store.db.read
-
-        async def counted(fn: Any) -> Any:
-            nonlocal reads
-            reads += 1
-            return await read(fn)
-
-        store.db.read = counted  # type: ignore[method-assign]
-        got = await asyncio.gather(
-            *(
-                asyncio.gather(store.load_history(r), store.load_tasks(r), store.load_run_inbox(r))
-                for r in run_ids + run_ids[:3]  # a run asked for twice gets its rows twice
+        with pytest.MonkeyPatch.context() as patch:
+            reads = count_reads(store, patch)
+            got = await asyncio.gather(
+                *(
+                    asyncio.gather(
+                        store.load_history(r), store.load_tasks(r), store.load_run_inbox(r)
+                    )
+                    for r in run_ids + run_ids[:3]  # a run asked for twice gets its rows twice
+                )
             )
-        )
-        assert reads == 3
-        store.db.read = read  # type: ignore[method-assign]
+            assert reads() == 3
         for (history, tasks, inbox), (rows_h, rows_t, rows_i) in zip(
             got, expected + expected[:3], strict=True
         ):

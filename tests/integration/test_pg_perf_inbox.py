@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_store_kit import claim, hold_many, new_run, opened, step
+from pg_store_kit import claim, count_reads, hold_many, new_run, opened, step
 from pgserver import Databases
 from psycopg.rows import dict_row
 
@@ -191,21 +191,13 @@ async def test_latest_runs_asked_for_together_are_one_query(
         again = new_run("wf-3")  # a newer run of the same id: the latest one counts
         await store.start_run(again)
 
-        reads = 0
-        read = store.db.read
-
-        async def counting(fn: Any) -> Any:
-            nonlocal reads
-            reads += 1
-            return await read(fn)
-
-        monkeypatch.setattr(store.db, "read", counting)
+        reads = count_reads(store, monkeypatch)
         found = await asyncio.gather(
             *(store.get_run("default", f"wf-{i}") for i in range(50)),
             store.get_run("default", "nobody"),
             store.get_run("other", "wf-1"),
         )
-        assert reads <= 4, reads  # not 52
+        assert reads() <= 4, reads()  # not 52
         assert [r.run_id if r else None for r in found[:50]] == [
             again.run_id if i == 3 else runs[i].run_id for i in range(50)
         ]
@@ -226,22 +218,14 @@ async def test_runs_asked_for_by_id_together_are_one_query(
             await store.start_run(run)
         await store.terminate_run("default", "wf-7", None, "done")
 
-        reads = 0
-        read = store.db.read
-
-        async def counting(fn: Any) -> Any:
-            nonlocal reads
-            reads += 1
-            return await read(fn)
-
-        monkeypatch.setattr(store.db, "read", counting)
+        reads = count_reads(store, monkeypatch)
         found = await asyncio.gather(
             *(store.get_run("default", f"wf-{i}", runs[i].run_id) for i in range(50)),
             store.get_run("default", "wf-1", runs[2].run_id),  # another workflow's run
             store.get_run("other", "wf-1", runs[1].run_id),  # another namespace
             store.get_run("default", "wf-1", "no-such-run"),
         )
-        assert reads <= 3, reads  # not 53
+        assert reads() <= 3, reads()  # not 53
         assert [r.run_id if r else None for r in found[:50]] == [r.run_id for r in runs]
         assert found[7] is not None and found[7].status == "terminated"
         assert found[50] is None and found[51] is None and found[52] is None
