@@ -735,12 +735,7 @@ class Link(OwnConnection):
         last: Any = None
         quick = _nothing_else_ready(loop)
         while True:
-            while pgconn.is_busy():
-                if not (quick and _readable(fd, _QUICK_WAIT_MS)):
-                    quick = False
-                    await self._until_readable(loop, fd)
-                pgconn.consume_input()
-            result = pgconn.get_result()
+            result, quick = await self._next_result(pgconn, loop, fd, quick)
             if result is None:  # the end of one query's results
                 results.append(last)
                 continue
@@ -758,12 +753,7 @@ class Link(OwnConnection):
         results = []
         quick = _nothing_else_ready(loop)
         while True:
-            while pgconn.is_busy():
-                if not (quick and _readable(fd, _QUICK_WAIT_MS)):
-                    quick = False
-                    await self._until_readable(loop, fd)
-                pgconn.consume_input()
-            result = pgconn.get_result()
+            result, quick = await self._next_result(pgconn, loop, fd, quick)
             if result is None:
                 break
             results.append(result)
@@ -771,6 +761,19 @@ class Link(OwnConnection):
             if result.status == ExecStatus.FATAL_ERROR:
                 raise errors.error_from_result(result, encoding=conn.info.encoding)
         return results[-1]
+
+    async def _next_result(
+        self, pgconn: Any, loop: asyncio.AbstractEventLoop, fd: int, quick: bool
+    ) -> tuple[Any, bool]:
+        """libpq's next result (None at the end of a query's), reading the socket until
+        it has one: while ``quick`` (nothing else was ready in the loop) in a blocking poll
+        of at most ``_QUICK_WAIT_MS``, then, and from then on, through the event loop."""
+        while pgconn.is_busy():
+            if not (quick and _readable(fd, _QUICK_WAIT_MS)):
+                quick = False
+                await self._until_readable(loop, fd)
+            pgconn.consume_input()
+        return pgconn.get_result(), quick
 
     async def _until_readable(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         """Until the socket has something to read.
