@@ -29,6 +29,7 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from perdure._store._queries import load_queries
+from perdure._store._turns import Turns, nothing_else_ready
 
 log = logging.getLogger("perdure.store")
 
@@ -49,7 +50,6 @@ _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 # arrives meanwhile (a timer, another connection's answer) waits at most this long.
 _QUICK_WAIT_MS = 2
 # ... and direct writes let the event loop turn at least this often (seconds).
-_YIELD_EVERY = 0.005
 _INJECT_40001 = (
     "DO $$BEGIN RAISE EXCEPTION 'perdure test: injected serialization failure' "
     "USING ERRCODE = 'serialization_failure'; END$$"
@@ -733,7 +733,7 @@ class Link(OwnConnection):
             await _ready(loop, fd, writer=True)
         results: list[Any] = []
         last: Any = None
-        quick = _nothing_else_ready(loop)
+        quick = nothing_else_ready(loop)
         while True:
             result, quick = await self._next_result(pgconn, loop, fd, quick)
             if result is None:  # the end of one query's results
@@ -751,7 +751,7 @@ class Link(OwnConnection):
         while pgconn.flush():
             await _ready(loop, fd, writer=True)
         results = []
-        quick = _nothing_else_ready(loop)
+        quick = nothing_else_ready(loop)
         while True:
             result, quick = await self._next_result(pgconn, loop, fd, quick)
             if result is None:
@@ -902,12 +902,12 @@ class GroupCommit:
         self.writes = 0
         self.statements = 0  # sent, merged statements counted once
         self.direct = 0  # writes sent at once from their caller's task (``_direct``)
-        self._yielded = 0.0  # when a direct write last let the loop turn (monotonic)
+        self._turns = Turns()  # when a direct write last let the loop turn
 
     async def submit(self, *statements: Statement) -> list[Any]:
         """The first column of each statement's first row, once they are committed."""
         loop = asyncio.get_running_loop()
-        if not self._queue and self._free and not self._starting and _nothing_else_ready(loop):
+        if not self._queue and self._free and not self._starting and nothing_else_ready(loop):
             return await self._direct(list(statements))
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((list(statements), future))
@@ -935,11 +935,8 @@ class GroupCommit:
         self.writes += 1
         # A direct write whose answer came within the short wait never yielded: a
         # sequential workflow's steps, one after the other, would keep timers, lease
-        # renewals and other connections waiting until it ends. Let the loop turn
-        # every few milliseconds (a turn per step would cost ~6% of W4).
-        now = time.monotonic()
-        if now - self._yielded >= _YIELD_EVERY:
-            self._yielded = now
+        # renewals and other connections waiting until it ends.
+        if self._turns.due():
             await asyncio.sleep(0)
         return values[0]
 
@@ -1204,13 +1201,6 @@ def _readable(fd: int, wait_ms: int = 0) -> bool:
         return bool(select.select([fd], [], [], wait_ms / 1000)[0])
     except (OSError, ValueError):
         return True
-
-
-def _nothing_else_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """No callback waits to run in this turn of the loop or the next (asyncio's own
-    loops keep them in ``_ready``; for another loop, assume there may be some)."""
-    ready = getattr(loop, "_ready", None)
-    return ready is not None and not ready
 
 
 def _same(params: dict[str, Any]) -> dict[str, Any]:

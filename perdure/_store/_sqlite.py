@@ -244,7 +244,7 @@ class SQLiteStore(Store):
 
     def commit_step(self, step: StepCommit) -> Awaitable[None]:
         # The batch's future itself: no coroutine or closure alive per step in flight.
-        return self.db.write(partial(commit_step, step=step))
+        return self.db.write_now(partial(commit_step, step=step))
 
     async def retry_activity(
         self,

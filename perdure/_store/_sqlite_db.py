@@ -9,11 +9,13 @@ Two ways to run it:
 
 - ``io="loop"`` (default): the batch runs on the event loop's thread, gathered
   from everything submitted in one loop iteration. No thread hops: the fastest
-  path. While another process holds the write lock we do not block the loop:
-  the batch is retried a few milliseconds later. A group of several writes has
-  its ``COMMIT`` (the fsync: tens of milliseconds for hundreds of steps) run on a
-  helper thread, so the loop goes on running workflows meanwhile; the group's
-  callers hear back once it is durable, and the next batch starts after it.
+  path. A step's write submitted while no other callback is ready (nothing could
+  join it) runs at once, in its caller's task. While another process holds the
+  write lock we do not block the loop: the batch is retried a few milliseconds
+  later. A group of several writes has its ``COMMIT`` (the fsync: tens of
+  milliseconds for hundreds of steps) run on a helper thread, so the loop goes on
+  running workflows meanwhile; the group's callers hear back once it is durable,
+  and the next batch starts after it.
 - ``io="thread"``: a dedicated thread runs the batches, so the event loop never
   waits on the disk (for apps that share their loop with latency-sensitive work).
 """
@@ -29,6 +31,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
+
+from perdure._store._turns import Turns, nothing_else_ready
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -84,10 +88,12 @@ class SQLiteDB:
         self._synchronous = synchronous
         self.commits = 0
         self.grouped_writes = 0
+        self.direct = 0  # lone writes run at once from their caller's task
         # io="loop"
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Call] = []
         self._busy_retries = 0
+        self._turns = Turns()
         self._committing: asyncio.Future[Any] | None = None  # a COMMIT on the helper thread
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         # io="thread"
@@ -112,18 +118,47 @@ class SQLiteDB:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         return self._submit(fn, write=True)
 
-    def _submit(self, fn: Op, *, write: bool) -> asyncio.Future[Any]:
+    def write_now(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """``write`` for a caller that awaits it before it submits anything else (a
+        workflow step): if nothing could join it, it is committed before this returns.
+
+        Several ``write``s submitted before any is awaited group as before; a
+        ``write_now`` among them would commit alone.
+        """
+        return self._submit(fn, write=True, now=True)
+
+    def _submit(self, fn: Op, *, write: bool, now: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         call = _Call(fn, write, loop, future)
         if self.io == "loop":
             self._pending.append(call)
             if len(self._pending) == 1:
-                loop.call_soon(self._flush)
+                conn = self._direct_conn(loop) if now else None
+                if conn is not None:
+                    self.direct += 1
+                    self._flush_lone_write(conn)
+                else:
+                    loop.call_soon(self._flush)
         else:
             self._ensure_thread()
             self._queue.put(call)
         return future
+
+    def _direct_conn(self, loop: asyncio.AbstractEventLoop) -> sqlite3.Connection | None:
+        """The connection, if a lone ``write_now`` may run in its caller's task instead
+        of in a flush next turn.
+
+        With no other callback ready, nothing else runs before the loop next waits for
+        I/O, so no other write could join this one's batch: the flush callback would only
+        add a turn of the loop between a sequential workflow's step and its commit. Its
+        caller then finds the future done and goes on without yielding, so every few
+        milliseconds a write takes the callback instead and the loop turns.
+        """
+        conn = self._conn
+        if conn is None or self._committing is not None or not nothing_else_ready(loop):
+            return None
+        return None if self._turns.due() else conn
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -182,20 +182,3 @@ async def test_back_to_back_direct_writes_let_the_loop_turn(postgres: Databases)
         await ticking
     finally:
         await _close(db, group)
-
-
-def test_loops_without_a_ready_queue_never_go_direct() -> None:
-    """Another event loop (uvloop) keeps its callbacks elsewhere: assume some are ready,
-    so writes go through the flusher and waits through the loop, as before."""
-
-    class OtherLoop:
-        pass
-
-    assert not pgdb._nothing_else_ready(OtherLoop())  # type: ignore[arg-type]
-    loop = asyncio.new_event_loop()
-    try:
-        assert pgdb._nothing_else_ready(loop)
-        loop.call_soon(lambda: None)
-        assert not pgdb._nothing_else_ready(loop)
-    finally:
-        loop.close()
