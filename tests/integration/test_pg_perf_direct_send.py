@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from loop_kit import ticking
 from pgserver import Databases
 
 from perdure._store import _postgres_db as pgdb
@@ -129,27 +130,13 @@ async def test_a_slow_write_waits_briefly_then_leaves_the_loop_running(
     monkeypatch.setattr(pgdb, "_readable", spied)
     try:
         await echo(group, 0)
-        ticks = 0
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.create_task(ticker())
-        for _ in range(3):  # until the write met a loop with nothing else ready
-            waits.clear()
-            before = ticks
-            assert await group.submit((SLOW, {"k": 3, "ms": 500})) == [3]
-            if pgdb._QUICK_WAIT_MS in waits:
-                break
-        assert pgdb._QUICK_WAIT_MS in waits  # it waited in a blocking poll first
-        # A loop held for the whole half second would have let the ticker run once.
-        assert ticks - before >= 5
-        done.set()
-        await ticking
+        async with ticking() as ticks:
+            before, direct = ticks.count, group.direct
+            for k in range(1000):
+                assert (await group.submit((ECHO, {"k": k})))[0] == k
+            assert group.direct - direct >= 900  # they did go direct
+            # Held for all of them, the ticker would have run once or twice, not dozens.
+            assert ticks.count - before >= 10
     finally:
         await _close(db, group)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from loop_kit import ticking
 
 import perdure
 from perdure import WorkflowContext
@@ -110,30 +111,20 @@ async def test_back_to_back_direct_writes_let_the_loop_turn(tmp_path: Path) -> N
     db = SQLiteDB(str(tmp_path / "d.db"), synchronous="OFF")  # as fast as writes go
     await db.write(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
     try:
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:  # a timer: never in the ready queue when a write goes
-            nonlocal ticks
-            while not done:
-                await asyncio.sleep(0.001)
-                ticks += 1
-
-        ticking = asyncio.create_task(ticker())
-        await asyncio.sleep(0.01)
-        before, direct = ticks, db.direct
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for k in range(2000):
-            assert await db.write_now(insert(k)) == k
-        elapsed = loop.time() - started
-        assert db.direct - direct >= 1800  # they did go direct
-        # Held for all of them, the ticker would have run once; it runs about every
-        # 5 ms of the writes instead (checked against how long they took, not a clock).
-        assert ticks - before >= min(10, int(elapsed / 0.005) // 2)
-        assert ticks - before >= 2
-        done = True
-        await ticking
+        async with ticking() as ticks:
+            before, direct = ticks.count, db.direct
+            started = time.monotonic()
+            for k in range(2000):
+                assert await db.write_now(insert(k)) == k
+            elapsed = time.monotonic() - started
+            # They did go direct, but for one write per 5 ms (a turn of the loop) and
+            # one per tick (the ticker ready to run when the write came).
+            ticked = ticks.count - before
+            assert db.direct - direct >= 2000 - turns_in(elapsed) - ticked - 2
+            # Held for all of them, the ticker would have run once; it runs about every
+            # 5 ms of the writes instead (checked against how long they took, not a clock).
+            assert ticked >= min(10, turns_in(elapsed) // 2)
+            assert ticked >= 2
     finally:
         await db.close()
 
