@@ -69,6 +69,7 @@ from perdure._store._postgres_tx import (
     merged_start_params,
     merged_step_params,
     not_running,
+    plain_start,
     plain_step_params,
     progress_params,
     remote_task_from_row,
@@ -228,6 +229,16 @@ class PostgresStore(Store):
 
     # -- client side -----------------------------------------------------
     async def start_run(self, run: NewRun) -> tuple[str, bool]:
+        # A client's start (no worker of this process takes the run): an insert that skips
+        # a taken id, through group commit, like a start that goes with its first step.
+        # Starts arriving together share a statement and a commit. If the id is taken, the
+        # transaction below applies the id policies to the run holding it.
+        if (
+            self.settings.group_commit
+            and plain_start(run)
+            and (await self._group.submit((self._start_query, start_params(run))))[0] == 1
+        ):
+            return run.run_id, True
         return await self._starting(run, lambda conn: self.tx.insert_run(conn, run))
 
     async def signal_with_start(

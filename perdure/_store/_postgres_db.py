@@ -1019,8 +1019,9 @@ class GroupCommit:
         """Which statements of the batch go into a ``many`` statement; None if none do.
 
         A step goes with the other steps of its kind (``merges``: lean, closing), and a
-        start that opens a write with the other starts, when there are at least two of a
-        kind (one alone is cheaper as it is).
+        start that opens a write (its run's first step may follow, or nothing: a client's
+        start) with the other starts, when there are at least two of a kind (one alone is
+        cheaper as it is).
         """
         starts = self._starts
         steps: list[list[tuple[int, int]]] = [[] for _ in self._merges]
@@ -1029,7 +1030,7 @@ class GroupCommit:
         for k, write in enumerate(batch):
             first = write[0]
             opened = False
-            if starts is not None and len(write) > 1 and first[0] is starts.single:
+            if starts is not None and first[0] is starts.single:
                 run_id = first[1].get("run_id")
                 if run_id not in run_ids:  # the inserted run ids tell the starts apart
                     run_ids.add(run_id)

@@ -180,11 +180,11 @@ def is_plain(step: StepCommit) -> bool:
         return False
     start = step.start
     return start is None or (
-        _plain_start(start) and not step.consumed_inbox and not step.finished_tasks
+        plain_start(start) and not step.consumed_inbox and not step.finished_tasks
     )
 
 
-def _plain_start(run: NewRun) -> bool:
+def plain_start(run: NewRun) -> bool:
     """Whether a plain insert that skips a taken id decides this start (``start_insert``)."""
     return run.id_reuse_policy == "allow_duplicate" and run.id_conflict_policy in (
         "fail",
@@ -637,7 +637,7 @@ class Statements:
         then takes the one-by-one path, which applies its policies as before.
         """
         children = step.children
-        if not self.bulk_starts or len(children) < 2 or not all(map(_plain_start, children)):
+        if not self.bulk_starts or len(children) < 2 or not all(map(plain_start, children)):
             for child in children:
                 await self.start_child(conn, step, child)
             return

@@ -106,6 +106,58 @@ async def test_starts_committed_together_are_one_statement(
         await store.close()
 
 
+def client_start(workflow_id: str, **policies: str) -> NewRun:
+    """A start from a client: no worker of its process takes the run (no owner)."""
+    return NewRun(
+        namespace="default",
+        workflow_id=workflow_id,
+        run_id=uuid.uuid4().hex,
+        workflow_type="job",
+        task_queue="q",
+        input=[{"n": workflow_id}],
+        wake_at=utcnow(),
+        **policies,  # type: ignore[arg-type]
+    )
+
+
+async def test_client_starts_arriving_together_are_one_statement(postgres: Databases) -> None:
+    """Starts from a process whose worker does not take them (clients) went one pooled
+    transaction each (a round trip per statement, a commit each); now by group commit,
+    as starts that go with a first step do: the ones arriving together are one
+    statement in one transaction. A taken id still meets its id policies."""
+    store = await opened(postgres)
+    try:
+        await store.start_run(client_start("warm-up"))  # connects group commit's link
+        running = client_start("taken")
+        assert await store.start_run(running) == (running.run_id, True)
+        group = store._group
+        before, committed = group.statements, group.transactions
+        runs = [client_start(f"c-{n}") for n in range(30)]
+        outcomes = await asyncio.gather(
+            *(store.start_run(r) for r in runs),
+            store.start_run(client_start("taken")),
+            store.start_run(client_start("taken", id_conflict_policy="use_existing")),
+            return_exceptions=True,
+        )
+        assert outcomes[:30] == [(r.run_id, True) for r in runs]
+        assert isinstance(outcomes[30], WorkflowAlreadyStartedError)
+        assert outcomes[31] == (running.run_id, False)
+        # One statement (insert_runs) in one transaction for the 32 that went together.
+        assert group.statements - before == 1
+        assert group.transactions - committed == 1
+        for r in runs:
+            record = await store.get_run_by_id(r.run_id)
+            assert record is not None and record.status == "running"
+            assert record.owner is None and record.input == [{"n": r.workflow_id}]
+        # A policy a plain insert cannot decide goes by its transaction, as before.
+        again = client_start("c-0", id_reuse_policy="reject_duplicate")
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await store.start_run(again)
+        assert group.statements - before == 1
+    finally:
+        await store.close()
+
+
 async def family(store: PostgresStore, children: int) -> tuple[str, list[str]]:
     """A parent run and its children, all claimed by W; the first child has an update
     waiting."""
