@@ -68,6 +68,11 @@ def make_app(url: str) -> perdure.App:
     return app
 
 
+# For ``perdure worker benchmarks.systems.perdure_bench:worker_app --database-url URL``
+# (benchmarks/client_starts.py): the workloads' registry; the CLI's URL replaces this one.
+worker_app = make_app("sqlite:///perdure-bench-worker.db")
+
+
 async def _warm_up(app: perdure.App) -> None:
     await app.execute_workflow(steps, 2)
 

@@ -48,3 +48,28 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
     assert statuses[("limit", "L")] == "ok"
     assert all(s == "ok" for s in statuses.values()), statuses
     assert "bench:begin" in md.read_text()
+
+
+def test_client_starts_probe_runs_a_worker_in_another_process(tmp_path: Path) -> None:
+    """``benchmarks/client_starts.py``: ``perdure worker`` in a subprocess runs what this
+    process starts; it prints the rate and each process's CPU."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.client_starts",
+            f"sqlite:///{tmp_path / 'clients.db'}",
+            "--workflows",
+            "20",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "'workflows_per_s'" in proc.stdout and "'worker_cpu_ms_per_workflow'" in proc.stdout
+    assert "Traceback" not in proc.stderr
