@@ -121,6 +121,7 @@ class PostgresStore(Store):
         )
         self._start_query = RawQuery.parse(start_insert(self.q["insert_run"]))
         self._message_query = RawQuery.parse(self.q["insert_inbox_running"])
+        self._finish_query = RawQuery.parse(self.q["finish_remote_task_report"])
         # Messages from clients (signals, cancels, updates) go out as one statement per
         # batch too (PostgreSQL; CockroachDB sends each on its own).
         messages = Merge(
@@ -514,6 +515,22 @@ class PostgresStore(Store):
     async def finish_remote_task(
         self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
     ) -> bool:
+        if self.settings.group_commit:
+            # One statement, committed with the other writes of its batch: the outcomes of
+            # the activities a worker finishes together are one transaction, not one each.
+            params = inbox_params(
+                task.namespace,
+                task.workflow_id,
+                task.run_id,
+                "activity_result",
+                task.label,
+                [outcome],
+            )
+            params["activity_id"] = task.activity_id
+            params["worker_id"] = worker_id
+            (finished,) = await self._group.submit((self._finish_query, params))
+            return bool(finished == 1)
+
         async def tx(conn: Conn) -> bool:
             key = {"run_id": task.run_id, "activity_id": task.activity_id, "worker_id": worker_id}
             if (await conn.execute(self.q["finish_remote_task"], key)).rowcount != 1:

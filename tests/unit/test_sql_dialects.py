@@ -16,6 +16,7 @@ POSTGRES_ONLY = {
     "commit_step_slim",
     "commit_steps_lean",
     "commit_steps_close",
+    "finish_remote_task_report",
     "get_runs",
     "insert_inbox_many",
     "insert_inbox_running",

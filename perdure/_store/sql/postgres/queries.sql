@@ -340,6 +340,23 @@ RETURNING t.*, w.workflow_id, w.workflow_type;
 DELETE FROM perdure.tasks
 WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s AND owner = %(worker_id)s;
 
+-- name: finish_remote_task_report
+-- finish_remote_task and the activity's outcome in its run's inbox (as insert_inbox) as ONE
+-- statement, so that group commit sends the outcomes of many activities together: 1 when
+-- the task was this worker's to finish (its outcome then went to the run), 0 when not.
+WITH finished AS (
+    DELETE FROM perdure.tasks
+    WHERE run_id = %(run_id)s AND activity_id = %(activity_id)s AND owner = %(worker_id)s
+    RETURNING run_id
+), reported AS (
+    INSERT INTO perdure.inbox (namespace, workflow_id, run_id, kind, name, payload,
+                               created_at)
+    SELECT %(namespace)s, %(workflow_id)s, finished.run_id, %(kind)s, %(name)s,
+           %(payload)s::jsonb, %(created_at)s
+    FROM finished
+)
+SELECT count(*) FROM finished;
+
 -- name: retry_remote_task
 UPDATE perdure.tasks
 SET attempt = %(attempt)s, visible_at = %(visible_at)s,
