@@ -515,17 +515,18 @@ class PostgresStore(Store):
     async def finish_remote_task(
         self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
     ) -> bool:
+        report = (
+            task.namespace,
+            task.workflow_id,
+            task.run_id,
+            "activity_result",
+            task.label,
+            [outcome],
+        )
         if self.settings.group_commit:
             # One statement, committed with the other writes of its batch: the outcomes of
             # the activities a worker finishes together are one transaction, not one each.
-            params = inbox_params(
-                task.namespace,
-                task.workflow_id,
-                task.run_id,
-                "activity_result",
-                task.label,
-                [outcome],
-            )
+            params = inbox_params(*report)
             params["activity_id"] = task.activity_id
             params["worker_id"] = worker_id
             (finished,) = await self._group.submit((self._finish_query, params))
@@ -535,15 +536,7 @@ class PostgresStore(Store):
             key = {"run_id": task.run_id, "activity_id": task.activity_id, "worker_id": worker_id}
             if (await conn.execute(self.q["finish_remote_task"], key)).rowcount != 1:
                 return False
-            await self.tx.insert_inbox(
-                conn,
-                task.namespace,
-                task.workflow_id,
-                task.run_id,
-                "activity_result",
-                task.label,
-                [outcome],
-            )
+            await self.tx.insert_inbox(conn, *report)
             return True
 
         return await self.db.transaction(tx)

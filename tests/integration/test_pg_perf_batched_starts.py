@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from pg_store_kit import opened
+from pg_store_kit import new_run, opened
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
@@ -108,16 +108,7 @@ async def test_starts_committed_together_are_one_statement(
 
 def client_start(workflow_id: str, **policies: str) -> NewRun:
     """A start from a client: no worker of its process takes the run (no owner)."""
-    return NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=uuid.uuid4().hex,
-        workflow_type="job",
-        task_queue="q",
-        input=[{"n": workflow_id}],
-        wake_at=utcnow(),
-        **policies,  # type: ignore[arg-type]
-    )
+    return new_run(workflow_id, arg={"n": workflow_id}, **policies)
 
 
 async def test_client_starts_arriving_together_are_one_statement(postgres: Databases) -> None:
