@@ -30,6 +30,18 @@ async def empty(ctx: WorkflowContext) -> int:
     return 0
 
 
+FAR_QUEUE = "far"
+
+
+async def far_noop(i: int) -> int:
+    """An activity on a task queue of its own (benchmarks/client_starts.py --far)."""
+    return i
+
+
+async def one_far(ctx: WorkflowContext, i: int) -> int:
+    return int(await ctx.activity(far_noop, i, task_queue=FAR_QUEUE))
+
+
 async def steps(ctx: WorkflowContext, n: int) -> int:
     for i in range(n):
         await ctx.activity(noop, i)
@@ -63,7 +75,8 @@ async def long_history(ctx: WorkflowContext, n: int) -> int:
 def make_app(url: str) -> perdure.App:
     app = perdure.App(url)
     app.activity(noop)
-    for wf in (empty, steps, child, fan_out, waiter, long_history):
+    app.activity(far_noop, task_queue=FAR_QUEUE)
+    for wf in (empty, steps, child, fan_out, waiter, long_history, one_far):
         app.workflow(wf)
     return app
 

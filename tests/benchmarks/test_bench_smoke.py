@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,9 +52,11 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
     assert "bench:begin" in md.read_text()
 
 
-def test_client_starts_probe_runs_a_worker_in_another_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("far", [False, True], ids=["no-activity", "far-activity"])
+def test_client_starts_probe_runs_a_worker_in_another_process(tmp_path: Path, far: bool) -> None:
     """``benchmarks/client_starts.py``: ``perdure worker`` in a subprocess runs what this
-    process starts; it prints the rate and each process's CPU."""
+    process starts (with ``--far``, a second worker runs their activities); it prints the
+    rate and each process's CPU."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -63,6 +67,7 @@ def test_client_starts_probe_runs_a_worker_in_another_process(tmp_path: Path) ->
             "20",
             "--rounds",
             "2",
+            *(["--far"] if far else []),
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
@@ -72,4 +77,5 @@ def test_client_starts_probe_runs_a_worker_in_another_process(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "'workflows_per_s'" in proc.stdout and "'worker_cpu_ms_per_workflow'" in proc.stdout
+    assert ("'activity_worker_cpu_ms_per_workflow'" in proc.stdout) == far
     assert "Traceback" not in proc.stderr
