@@ -201,6 +201,18 @@ class RemoteTask:
     scheduled_at: datetime
     heartbeat_details: list[Any]
 
+    def report(self, outcome: dict[str, Any]) -> tuple[str, str, str, str, str, list[Any]]:
+        """The inbox message that tells the run this activity's ``outcome``: namespace,
+        workflow id, run id, kind, name and payload (``insert_inbox``'s arguments)."""
+        return (
+            self.namespace,
+            self.workflow_id,
+            self.run_id,
+            "activity_result",
+            self.label,
+            [outcome],
+        )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class InboxItem:

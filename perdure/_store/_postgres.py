@@ -515,14 +515,7 @@ class PostgresStore(Store):
     async def finish_remote_task(
         self, task: RemoteTask, worker_id: str, outcome: dict[str, Any]
     ) -> bool:
-        report = (
-            task.namespace,
-            task.workflow_id,
-            task.run_id,
-            "activity_result",
-            task.label,
-            [outcome],
-        )
+        report = task.report(outcome)
         if self.settings.group_commit:
             # One statement, committed with the other writes of its batch: the outcomes of
             # the activities a worker finishes together are one transaction, not one each.

@@ -49,7 +49,6 @@ _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 # epoll and a task wake-up (W4: client CPU 0.37 -> 0.30 ms per step). Anything that
 # arrives meanwhile (a timer, another connection's answer) waits at most this long.
 _QUICK_WAIT_MS = 2
-# ... and direct writes let the event loop turn at least this often (seconds).
 _INJECT_40001 = (
     "DO $$BEGIN RAISE EXCEPTION 'perdure test: injected serialization failure' "
     "USING ERRCODE = 'serialization_failure'; END$$"

@@ -324,15 +324,7 @@ class SQLiteStore(Store):
             ).rowcount
             if deleted != 1:
                 return False
-            insert_inbox(
-                conn,
-                task.namespace,
-                task.workflow_id,
-                task.run_id,
-                "activity_result",
-                task.label,
-                [outcome],
-            )
+            insert_inbox(conn, *task.report(outcome))
             return True
 
         return await self.db.write(tx)
