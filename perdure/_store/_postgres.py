@@ -139,6 +139,7 @@ class PostgresStore(Store):
             merges=(lean, closing, messages) if self.dialect == "postgres" else (lean, closing),
             starts=starts,
             alone=self._alone_query,
+            raw=self.dialect == "postgres",
         )
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)

@@ -383,7 +383,11 @@ class OwnConnection:
                     self._db.settings.conninfo, autocommit=True, row_factory=dict_row
                 )
                 if self._db.generic_plans:
-                    await _generic_plans(conn)
+                    try:
+                        await _generic_plans(conn)
+                    except BaseException:  # cancelled (closing), or lost: not leaked
+                        await conn.close()
+                        raise
                 return conn
             except psycopg.OperationalError:
                 if time.monotonic() + delay > deadline:
@@ -614,6 +618,14 @@ def encode_param(value: Any) -> bytes | None:
     raise TypeError(f"cannot send {type(value).__name__} as a step statement parameter")
 
 
+def encode_statements(statements: list[Statement]) -> list[tuple[bytes, list[bytes | None]]]:
+    """Each statement's prepared name and parameters, encoded (``encode_param``)."""
+    return [
+        (query.name, [encode_param(params[name]) for name in query.names])
+        for query, params in statements
+    ]
+
+
 _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     str: str.encode,
     bool: lambda value: b"t" if value else b"f",
@@ -635,8 +647,9 @@ class Link(OwnConnection):
     prepared-statement bookkeeping, a generic wait loop): together most of the client
     CPU of a sequential workflow's step. Here a lone statement is prepared once per
     connection under its own name and sent with ``PQsendQueryPrepared``, its parameters
-    already text. Batches of several statements still go through psycopg (pipeline mode),
-    on this same connection. Only the group-commit flusher uses it, one batch at a time.
+    already text; a batch goes out the same way in libpq's pipeline mode (``send_batch``,
+    PostgreSQL; CockroachDB's batches go through psycopg's pipeline on this connection).
+    Group commit uses it for one batch at a time.
     """
 
     def __init__(self, db: Database, *, connect_timeout: float = 30) -> None:
@@ -666,6 +679,8 @@ class Link(OwnConnection):
             try:
                 return await fn(conn)
             except _RETRYABLE:
+                if not _idle(conn):  # rolled back, but a raw pipeline leaves it aborted
+                    await self.close()
                 if attempt >= self._db.max_attempts:
                     raise
                 self._db.retries += 1
@@ -695,21 +710,68 @@ class Link(OwnConnection):
         A run's start with its first step, sent alone: psycopg's pipeline (cursors, its
         result bookkeeping) cost more client CPU than the rest of the start.
         """
+        prepared = self.send_batch(conn, statements, encode_statements(statements))
+        return [_first_value(result) for result in await self.sent_results(conn, prepared)]
+
+    def ready(self) -> Conn | None:
+        """The connection, if a batch can go out on it at once: open, idle, and with
+        nothing to read (which would mean the server is closing it)."""
+        conn = self._conn
+        if (
+            conn is None
+            or conn.closed
+            or conn.broken
+            or conn.pgconn.is_busy()
+            or not _idle(conn)
+            or _readable(conn.fileno())
+        ):
+            return None
+        return conn
+
+    def cold(self) -> bool:
+        return self._conn is None
+
+    def send_batch(
+        self,
+        conn: Conn,
+        statements: list[Statement],
+        encoded: list[tuple[bytes, list[bytes | None]]],
+    ) -> list[bytes]:
+        """Send BEGIN, the statements (``encode_statements``) and COMMIT in one pipeline,
+        without waiting: the bytes go to the socket as far as it takes them now;
+        ``sent_results`` sends the rest and reads the answers. A statement not prepared on
+        this connection yet is prepared ahead, in the same pipeline. Returns the names of
+        those it prepared, for ``sent_results``."""
         pgconn = conn.pgconn
-        for query, _ in statements:
-            await self._prepare(conn, query)
         pgconn.enter_pipeline_mode()
+        prepared: list[bytes] = []
+        for query, _ in statements:
+            if query.name not in self._prepared:
+                pgconn.send_prepare(query.name, query.text.encode())
+                self._prepared.add(query.name)
+                prepared.append(query.name)
         pgconn.send_query_params(b"BEGIN", None)
-        for query, params in statements:
-            self._send_prepared(conn, query, params)
+        for name, args in encoded:
+            pgconn.send_query_prepared(name, args)
         pgconn.send_query_params(b"COMMIT", None)
         pgconn.pipeline_sync()
-        results = await self._pipeline_results(conn)
-        pgconn.exit_pipeline_mode()
+        pgconn.flush()
+        return prepared
+
+    async def sent_results(self, conn: Conn, prepared: list[bytes]) -> list[Any]:
+        """The result of each statement of the batch ``send_batch`` sent (raises the
+        first error, which rolled the batch back)."""
+        try:
+            results = await self._pipeline_results(conn)
+        except BaseException:
+            self._prepared.difference_update(prepared)
+            raise
+        conn.pgconn.exit_pipeline_mode()
         error = next((r for r in results if r.status == ExecStatus.FATAL_ERROR), None)
         if error is not None:
+            self._prepared.difference_update(prepared)  # perhaps not prepared after all
             raise errors.error_from_result(error, encoding=conn.info.encoding)
-        return [_first_value(result) for result in results[1:-1]]
+        return results[len(prepared) + 1 : -1]
 
     async def _prepare(self, conn: Conn, query: RawQuery) -> None:
         """Prepare ``query`` under its own name, once per connection."""
@@ -879,13 +941,18 @@ class GroupCommit:
         db: Database,
         *,
         max_batch: int = 256,
-        links: int = 2,
+        links: int = 4,
         prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         merges: tuple[Merge, ...] = (),
         starts: StartMerge | None = None,
         alone: Callable[[RawQuery, dict[str, Any]], RawQuery] | None = None,
+        raw: bool = False,
     ) -> None:
         self._db = db
+        # Batches go out through libpq directly (prepared statements, pipeline mode), not
+        # through psycopg's cursors; PostgreSQL only (CockroachDB infers the types of a
+        # statement's parameters differently, and its store is tested only emulated).
+        self._raw = raw
         # A statement that is a batch by itself may go out in a leaner form.
         self._alone_query = alone or _as_sent
         self._links = [Link(db) for _ in range(links)]
@@ -897,10 +964,12 @@ class GroupCommit:
         self._queue: list[tuple[list[Statement], asyncio.Future[list[Any]]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self._starting = False  # a flusher was created and has not taken its batch yet
+        self._warmed = False  # _warm_links ran (or the group is closing: not to run)
         self.transactions = 0
         self.writes = 0
         self.statements = 0  # sent, merged statements counted once
         self.direct = 0  # writes sent at once from their caller's task (``_direct``)
+        self.eager = 0  # full batches sent at once from the task that filled them
         self._turns = Turns()  # when a direct write last let the loop turn
 
     async def submit(self, *statements: Statement) -> list[Any]:
@@ -910,7 +979,8 @@ class GroupCommit:
             return await self._direct(list(statements))
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((list(statements), future))
-        self._spawn()
+        if len(self._queue) % self._max_batch or not self._send_now():
+            self._spawn()
         return await future
 
     async def _direct(self, write: list[Statement]) -> list[Any]:
@@ -940,20 +1010,48 @@ class GroupCommit:
         return values[0]
 
     def _spawn(self) -> None:
-        """Start a flusher on a free link, unless one is about to take the queue anyway.
+        """Start a flusher, unless one is about to take the queue anyway (or no link is
+        free: whoever holds one takes the queue on when done with its batch).
 
         Writes submitted in the same turn of the loop go out together: the new flusher
         takes the queue when it first runs.
         """
         if self._free and not self._starting:
             self._starting = True
-            flusher = asyncio.create_task(
-                self._flush(self._free.pop()), name="perdure-group-commit"
-            )
+            flusher = asyncio.create_task(self._flush(), name="perdure-group-commit")
             self._flushers.add(flusher)
+            if not self._warmed:
+                self._warm_links()
 
-    async def _flush(self, link: Link) -> None:
+    def _warm_links(self) -> None:
+        """Connect the links that never were, in the background, once writes first queue
+        up: a full batch goes out at once only on a connected link (``_send_now``), and
+        the first burst of starts would otherwise find all but one link cold."""
+        self._warmed = True
+        for link in [link for link in self._free[:-1] if link.cold()]:  # one stays free
+            self._free.remove(link)
+            task = asyncio.create_task(self._warm(link), name="perdure-group-commit")
+            self._flushers.add(task)
+
+    async def _warm(self, link: Link) -> None:
+        try:
+            with contextlib.suppress(psycopg.Error, OSError):  # the next use tries again
+                await link.connection()
+        finally:
+            self._free.insert(0, link)  # behind the first link (pop() takes the last)
+            self._flushers.discard(asyncio.current_task())
+        if self._queue:
+            self._spawn()
+
+    async def _flush(self) -> None:
         self._starting = False
+        if not self._free:  # taken meanwhile by full batches sent at once (_send_now)
+            self._flushers.discard(asyncio.current_task())
+            return
+        await self._drain(self._free.pop())
+
+    async def _drain(self, link: Link) -> None:
+        """Run batches on ``link`` until the queue is empty, then free it."""
         try:
             while self._queue:
                 await self._flush_one(link)
@@ -963,6 +1061,81 @@ class GroupCommit:
             # when the woken caller submits its next write (see ``_direct``).
             self._flushers.discard(asyncio.current_task())
 
+    def _send_now(self) -> bool:
+        """The queue holds a full batch: send it now, from the task that filled it.
+
+        A flusher task runs only after every callback already waiting in the loop: when
+        a thousand runs start at once, after all their first steps, which left the
+        server idle meanwhile and then the worker idle while the batches ran. Sent as
+        soon as it is full, each batch runs on the server while the next one fills. The
+        sending does not wait (libpq queues what the socket does not take); a task of
+        its own reads the answers, so cancelling the sender cancels none of them. False
+        (nothing sent) when no link can take it at once; tried again when the queue holds
+        the next full batch.
+        """
+        if not self._raw or self._db.fault_rate or not self._free:
+            return False
+        link = self._free[-1]
+        conn = link.ready()
+        if conn is None:
+            return False
+        batch = self._queue[: self._max_batch]
+        writes = [w for w, _ in batch]
+        out = self._compose(writes)
+        try:
+            encoded = encode_statements(out.statements)
+        except TypeError:
+            return False  # the flusher's error handling reports it
+        del self._queue[: self._max_batch]
+        self._free.pop()
+        self.eager += 1
+        self.statements += len(out.statements)
+        failed: psycopg.Error | None = None
+        prepared: list[bytes] = []
+        try:
+            prepared = link.send_batch(conn, out.statements, encoded)
+        except psycopg.Error as exc:
+            failed = exc  # a lost connection: the batch may have gone out, or not
+        task = asyncio.create_task(
+            self._finish_sent(link, conn, batch, out, prepared, failed),
+            name="perdure-group-commit",
+        )
+        self._flushers.add(task)
+        return True
+
+    async def _finish_sent(
+        self,
+        link: Link,
+        conn: Conn,
+        batch: list[tuple[list[Statement], asyncio.Future[list[Any]]]],
+        out: _Outgoing,
+        prepared: list[bytes],
+        failed: psycopg.Error | None,
+    ) -> None:
+        """Settle a batch ``_send_now`` sent, then go on with the queue on its link."""
+        writes = [w for w, _ in batch]
+
+        async def results() -> list[list[Any]]:
+            try:
+                if failed is not None:
+                    raise failed
+                return out.values(await link.sent_results(conn, prepared))
+            except _RETRYABLE:  # rolled back: again, as a flusher runs it
+                await link.close()
+                self._db.retries += 1
+                return await link.run(partial(self._run, link, batch=writes))
+            except BaseException:
+                await link.close()  # its state is unknown; the next use connects anew
+                raise
+
+        try:
+            await self._settle_batch(link, batch, results())
+        except BaseException:  # cancelled (closing): the queue is not ours to go on with
+            self._free.append(link)
+            self._flushers.discard(asyncio.current_task())
+            raise
+        await self._drain(link)
+
     async def _flush_one(self, link: Link) -> None:
         """Take one batch off the queue and run it on ``link``."""
         batch = self._queue[: self._max_batch]
@@ -970,8 +1143,17 @@ class GroupCommit:
         if self._queue:
             self._spawn()  # more than one batch is waiting: the next goes out meanwhile
         writes = [w for w, _ in batch]
+        await self._settle_batch(link, batch, link.run(partial(self._run, link, batch=writes)))
+
+    async def _settle_batch(
+        self,
+        link: Link,
+        batch: list[tuple[list[Statement], asyncio.Future[list[Any]]]],
+        running: Awaitable[list[list[Any]]],
+    ) -> None:
+        """Await the batch's values and hand each write its own (or the error)."""
         try:
-            values = await link.run(partial(self._run, link, batch=writes))
+            values = await running
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
@@ -1006,13 +1188,49 @@ class GroupCommit:
             # Alone, several statements (a start and its first step): one transaction.
             self.statements += len(batch[0])
             return [await link.firsts(conn, [(q, prepare(p)) for q, p in batch[0]])]
-        link.handing_to_psycopg()  # a batch goes through psycopg's pipeline
-        if self._merges or self._starts is not None:
-            plan = self._plan(batch)
-            if plan is not None:
-                return await self._run_merged(conn, batch, plan)
-        self.statements += sum(len(write) for write in batch)
-        return await pipelined(conn, batch, prepare, self._db.maybe_fail)
+        out = self._compose(batch)
+        self.statements += len(out.statements)
+        if self._raw and not self._db.fault_rate:
+            prepared = link.send_batch(conn, out.statements, encode_statements(out.statements))
+            return out.values(await link.sent_results(conn, prepared))
+        link.handing_to_psycopg()  # the batch goes through psycopg's pipeline
+        async with conn.pipeline(), conn.transaction():
+            cursors = []
+            for query, params in out.statements:
+                cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                await cur.execute(query.text, query.args(params))
+                cursors.append(cur)
+            await self._db.maybe_fail(conn)
+        return out.values([cur.pgresult for cur in cursors])
+
+    def _compose(self, batch: list[list[Statement]]) -> _Outgoing:
+        """The statements that carry the batch, in order (merged where ``_plan`` says),
+        each with where its result goes. Each statement's parameters are ``prepare``d."""
+        prepare = self._prepare
+        out = _Outgoing([len(write) for write in batch])
+        plan = self._plan(batch) if self._merges or self._starts is not None else None
+        if plan is None:
+            for k, write in enumerate(batch):
+                for j, (query, params) in enumerate(write):
+                    out.add(query, prepare(params), partial(_first_into, k, j))
+            return out
+        # The starts as one statement, then the statements that go alone, then each
+        # kind of step as one statement.
+        merged = set(plan.starts).union(*plan.steps)
+        if plan.starts:
+            assert self._starts is not None
+            opened = [(k, j, batch[k][j][1].get("run_id")) for k, j in plan.starts]
+            params = self._starts.combine([prepare(batch[k][j][1]) for k, j in plan.starts])
+            out.add(self._starts.many, params, partial(_inserted_into, opened))
+        for k, write in enumerate(batch):
+            for j, (query, params) in enumerate(write):
+                if (k, j) not in merged:
+                    out.add(query, prepare(params), partial(_first_into, k, j))
+        for merge, group in zip(self._merges, plan.steps, strict=True):
+            if group:
+                params = merge.combine([prepare(batch[k][j][1]) for k, j in group])
+                out.add(merge.many, params, partial(_applied_into, group))
+        return out
 
     def _plan(self, batch: list[list[Statement]]) -> _Plan | None:
         """Which statements of the batch go into a ``many`` statement; None if none do.
@@ -1048,54 +1266,8 @@ class GroupCommit:
             return None
         return _Plan(steps, opening)
 
-    async def _run_merged(
-        self, conn: Conn, batch: list[list[Statement]], plan: _Plan
-    ) -> list[list[Any]]:
-        """The batch in one transaction: the starts as one statement, then the statements
-        that go alone, then each kind of step as one statement."""
-        prepare = self._prepare
-        merged = set(plan.starts).union(*plan.steps)
-        rest = [
-            (k, j, statement)
-            for k, write in enumerate(batch)
-            for j, statement in enumerate(write)
-            if (k, j) not in merged
-        ]
-        self.statements += len(rest) + bool(plan.starts) + sum(map(bool, plan.steps))
-        async with conn.pipeline(), conn.transaction():
-            started = None
-            if plan.starts:
-                assert self._starts is not None
-                params = self._starts.combine([prepare(batch[k][j][1]) for k, j in plan.starts])
-                started = AsyncRawCursor(conn, row_factory=tuple_row)
-                await started.execute(self._starts.many.text, self._starts.many.args(params))
-            cursors = []
-            for _, _, (query, params) in rest:
-                cur = AsyncRawCursor(conn, row_factory=tuple_row)
-                await cur.execute(query.text, query.args(prepare(params)))
-                cursors.append(cur)
-            stepped = []
-            for merge, group in zip(self._merges, plan.steps, strict=True):
-                if group:
-                    params = merge.combine([prepare(batch[k][j][1]) for k, j in group])
-                    cur = AsyncRawCursor(conn, row_factory=tuple_row)
-                    await cur.execute(merge.many.text, merge.many.args(params))
-                    stepped.append((group, cur))
-            await self._db.maybe_fail(conn)
-        values: list[list[Any]] = [[None] * len(write) for write in batch]
-        for (k, j, _), cur in zip(rest, cursors, strict=True):
-            values[k][j] = _first(await cur.fetchone())
-        if started is not None:
-            inserted = {row[0] for row in await started.fetchall()}
-            for k, j in plan.starts:
-                values[k][j] = 1 if batch[k][j][1].get("run_id") in inserted else None
-        for group, cur in stepped:
-            applied = {row[0] for row in await cur.fetchall()}
-            for position, (k, j) in enumerate(group):
-                values[k][j] = 1 if position in applied else 0
-        return values
-
     async def close(self) -> None:
+        self._warmed = True  # no link connects in the background from now on
         # A flusher still connecting would open a connection after its link was closed.
         flushers = list(self._flushers)
         for flusher in flushers:
@@ -1141,6 +1313,51 @@ class _Plan:
 
     steps: list[list[tuple[int, int]]]  # per Merge of the GroupCommit
     starts: list[tuple[int, int]]
+
+
+class _Outgoing:
+    """A batch as the statements that go out, and where each one's result goes."""
+
+    __slots__ = ("fills", "shape", "statements")
+
+    def __init__(self, shape: list[int]) -> None:
+        self.shape = shape  # statements per write
+        self.statements: list[Statement] = []
+        self.fills: list[Callable[[list[list[Any]], Any], None]] = []
+
+    def add(
+        self, query: RawQuery, params: dict[str, Any], fill: Callable[[list[list[Any]], Any], None]
+    ) -> None:
+        self.statements.append((query, params))
+        self.fills.append(fill)
+
+    def values(self, results: list[Any]) -> list[list[Any]]:
+        """Each write's values (the first column of each of its statements' first row)
+        from the results (libpq's) of the statements, in order."""
+        values: list[list[Any]] = [[None] * n for n in self.shape]
+        for fill, result in zip(self.fills, results, strict=True):
+            fill(values, result)
+        return values
+
+
+def _first_into(k: int, j: int, values: list[list[Any]], result: Any) -> None:
+    values[k][j] = _first_value(result)
+
+
+def _inserted_into(
+    opened: list[tuple[int, int, Any]], values: list[list[Any]], result: Any
+) -> None:
+    """A ``StartMerge``'s result: the ids of the runs it inserted."""
+    inserted = {bytes(result.get_value(row, 0)).decode() for row in range(result.ntuples)}
+    for k, j, run_id in opened:
+        values[k][j] = 1 if run_id in inserted else None
+
+
+def _applied_into(group: list[tuple[int, int]], values: list[list[Any]], result: Any) -> None:
+    """A ``Merge``'s result: the position of each write that applied."""
+    applied = {int(result.get_value(row, 0)) for row in range(result.ntuples)}
+    for position, (k, j) in enumerate(group):
+        values[k][j] = 1 if position in applied else 0
 
 
 async def _send(
