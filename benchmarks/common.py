@@ -71,6 +71,11 @@ async def gather_limited(
     return results
 
 
+# Each system's warm-up before a workload: this many small workflows at once (not one),
+# so that what concurrent work opens (pool connections, perdure's group commit links) is
+# open before the measured part, as in a process that has been running a while.
+WARM_UP = 8
+
 COMPLETION_TIMEOUT = 300.0  # W6: seconds after the last signal before giving up
 STALL_TIMEOUT = 60.0  # ... or seconds without one more workflow completing
 

@@ -17,6 +17,7 @@ from dbos import DBOS, DBOSClient, DBOSConfig
 
 from benchmarks.common import (
     READY,
+    WARM_UP,
     Ticker,
     completing,
     gather_limited,
@@ -84,7 +85,8 @@ def _launch(url: str) -> None:
 
 
 async def _warm_up() -> None:
-    await (await DBOS.start_workflow_async(steps, 2)).get_result()
+    handles = await asyncio.gather(*(DBOS.start_workflow_async(steps, 2) for _ in range(WARM_UP)))
+    await asyncio.gather(*(h.get_result() for h in handles))
 
 
 async def w1(s: Sizes) -> dict[str, Any]:

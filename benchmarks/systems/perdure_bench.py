@@ -9,6 +9,7 @@ from typing import Any
 import perdure
 from benchmarks.common import (
     READY,
+    WARM_UP,
     Ticker,
     completing,
     gather_limited,
@@ -87,7 +88,10 @@ worker_app = make_app("sqlite:///perdure-bench-worker.db")
 
 
 async def _warm_up(app: perdure.App) -> None:
-    await app.execute_workflow(steps, 2)
+    """A few small workflows at once, as each system's warm-up (``WARM_UP``): connections
+    that concurrent work opens (pools, perdure's group commit links) are open before the
+    measured part, as in a process that has been running."""
+    await asyncio.gather(*(app.execute_workflow(steps, 2) for _ in range(WARM_UP)))
 
 
 async def _warm_up_sequential(app: perdure.App) -> None:

@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 
 from benchmarks.common import (
     READY,
+    WARM_UP,
     Ticker,
     completing,
     gather_limited,
@@ -209,7 +210,12 @@ async def run(
         if workload == "W7":
             return await w7(client, sizes, server)
         async with _worker(client):
-            await client.execute_workflow(Steps.run, 2, id=_id(), task_queue=QUEUE)  # warm-up
+            await asyncio.gather(  # warm-up, as the other systems'
+                *(
+                    client.execute_workflow(Steps.run, 2, id=_id(), task_queue=QUEUE)
+                    for _ in range(WARM_UP)
+                )
+            )
             if workload == "W6":
                 return await w6(client, sizes, server)
             fn = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}[workload]
