@@ -140,6 +140,7 @@ class PostgresStore(Store):
             starts=starts,
             alone=self._alone_query,
             raw=self.dialect == "postgres",
+            links=self.settings.group_commit_connections,
         )
         # The lease loop's statements: never queued behind the pool (see Dedicated).
         self._lease_conn = Dedicated(self.db)

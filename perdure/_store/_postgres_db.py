@@ -64,13 +64,14 @@ class Settings:
     pool_min_size: int = 1
     pool_max_size: int = 10
     group_commit: bool = True
+    group_commit_connections: int = 4
 
     @property
     def channel(self) -> str:
         return f"{self.schema}_wake"
 
 
-_OURS = {"schema", "pool_min_size", "pool_max_size", "group_commit"}
+_OURS = {"schema", "pool_min_size", "pool_max_size", "group_commit", "group_commit_connections"}
 
 
 def parse_url(url: str, *, default_port: int | None = None) -> Settings:
@@ -106,12 +107,16 @@ def parse_url(url: str, *, default_port: int | None = None) -> Settings:
     group = ours.get("group_commit", "on").lower()
     if group not in ("on", "off", "true", "false", "1", "0"):
         raise ValueError(f"group_commit in {url!r} must be on or off")
+    links = ours.get("group_commit_connections", "4")
+    if not links.isdigit() or not 1 <= int(links) <= 64:
+        raise ValueError(f"group_commit_connections in {url!r} must be a whole number from 1 to 64")
     return Settings(
         conninfo=conninfo,
         schema=schema,
         pool_min_size=min_size,
         pool_max_size=max_size,
         group_commit=group in ("on", "true", "1"),
+        group_commit_connections=int(links),
     )
 
 

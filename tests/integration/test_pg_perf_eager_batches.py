@@ -19,6 +19,8 @@ import pytest
 from pg_store_kit import new_run, opened
 from pgserver import Databases
 
+from perdure._store import open_store
+from perdure._store._postgres import PostgresStore
 from perdure._store._postgres_db import Database, GroupCommit, RawQuery, parse_url
 
 ECHO = RawQuery.parse("SELECT %(k)s::integer")
@@ -147,5 +149,23 @@ async def test_a_thousand_starts_at_once_go_out_in_full_batches(postgres: Databa
         async with await psycopg.AsyncConnection.connect(store.settings.conninfo) as conn:
             cur = await conn.execute("SELECT workflow_id FROM perdure.workflows")
             assert {row[0] for row in await cur.fetchall()} == {r.workflow_id for r in runs}
+    finally:
+        await store.close()
+
+
+async def test_one_group_commit_connection_is_enough(postgres: Databases) -> None:
+    url = postgres.url_for(postgres.create(postgres.template("postgres")))
+    store = open_store(f"{url}?group_commit_connections=1")
+    assert isinstance(store, PostgresStore)
+    await store.migrate()
+    try:
+        assert len(store._group._links) == 1
+        runs = [new_run(f"one-link-{i}") for i in range(600)]
+        started = await asyncio.wait_for(asyncio.gather(*(store.start_run(r) for r in runs)), 60)
+        assert started == [(r.run_id, True) for r in runs]
+        more = [new_run(f"one-link-b-{i}") for i in range(600)]  # the link is warm now
+        started = await asyncio.wait_for(asyncio.gather(*(store.start_run(r) for r in more)), 60)
+        assert started == [(r.run_id, True) for r in more]
+        assert store._group.eager >= 1
     finally:
         await store.close()

@@ -67,6 +67,8 @@ def test_url_parameters() -> None:
     assert (s.pool_min_size, s.pool_max_size, s.group_commit) == (1, 20, True)
     assert s.conninfo == "postgresql://u:p@db.example:5433/app?sslmode=require"
     assert parse_url("postgres://h/db?group_commit=off").group_commit is False
+    assert s.group_commit_connections == 4
+    assert parse_url("postgres://h/db?group_commit_connections=2").group_commit_connections == 2
     # libpq reads %20 as a space but "+" as a plus: options must reach it as written.
     opts = parse_url("postgresql://h/db?options=-c%20synchronous_commit%3Doff&schema=s")
     assert opts.conninfo == "postgresql://h/db?options=-c%20synchronous_commit%3Doff"
@@ -86,6 +88,10 @@ def test_url_parameters() -> None:
         "pool_min_size=5&pool_max_size=2",
         "group_commit=maybe",
         "pool_max_size=ten",
+        "group_commit_connections=0",
+        "group_commit_connections=-1",
+        "group_commit_connections=two",
+        "group_commit_connections=1000",
     ],
 )
 def test_bad_url_parameters_are_refused(query: str) -> None:
