@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
@@ -18,6 +17,7 @@ from perdure._converter import to_jsonable
 from perdure._durations import Duration, to_optional_seconds
 from perdure._errors import NonDeterminismError, QueryFailedError, QueryRejectedError
 from perdure._history import HistoryEvent
+from perdure._ids import random_uuid
 from perdure._registry import (
     ActivityOptions,
     Registry,
@@ -439,13 +439,11 @@ class App:
                 f"got {id_conflict_policy!r}"
             )
         delay = to_optional_seconds(start_delay, what="start_delay") or 0.0
-        workflow_id = (
-            check_workflow_id(workflow_id) if workflow_id is not None else str(uuid.uuid4())
-        )
+        workflow_id = check_workflow_id(workflow_id) if workflow_id is not None else random_uuid()
         new_run = NewRun(
             namespace=self.namespace,
             workflow_id=workflow_id,
-            run_id=str(uuid.uuid4()),
+            run_id=random_uuid(),
             workflow_type=name,
             task_queue=task_queue or self.default_task_queue,
             input=encoded,

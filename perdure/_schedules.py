@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from cronsim import CronSim, CronSimError
 from perdure._client import WorkflowHandle
 from perdure._durations import Duration, to_seconds
 from perdure._errors import ScheduleNotFoundError
+from perdure._ids import random_uuid
 from perdure._store._base import (
     NewRun,
     ScheduleChange,
@@ -152,7 +152,7 @@ class _Plan:
         run = NewRun(
             namespace=self.rec.namespace,
             workflow_id=fire_workflow_id(self.rec.schedule_id, fire_time),
-            run_id=str(uuid.uuid4()),
+            run_id=random_uuid(),
             workflow_type=self.rec.workflow_type,
             task_queue=self.rec.task_queue,
             input=list(self.rec.args),
