@@ -1102,7 +1102,7 @@ class GroupCommit:
         except psycopg.Error as exc:
             failed = exc  # a lost connection: the batch may have gone out, or not
         task = asyncio.create_task(
-            self._finish_sent(link, conn, batch, out, prepared, failed),
+            self._finish_sent(link, conn, batch, writes, out, prepared, failed),
             name="perdure-group-commit",
         )
         self._flushers.add(task)
@@ -1113,12 +1113,12 @@ class GroupCommit:
         link: Link,
         conn: Conn,
         batch: list[tuple[list[Statement], asyncio.Future[list[Any]]]],
+        writes: list[list[Statement]],
         out: _Outgoing,
         prepared: list[bytes],
         failed: psycopg.Error | None,
     ) -> None:
         """Settle a batch ``_send_now`` sent, then go on with the queue on its link."""
-        writes = [w for w, _ in batch]
 
         async def results() -> list[list[Any]]:
             try:
@@ -1200,11 +1200,7 @@ class GroupCommit:
             return out.values(await link.sent_results(conn, prepared))
         link.handing_to_psycopg()  # the batch goes through psycopg's pipeline
         async with conn.pipeline(), conn.transaction():
-            cursors = []
-            for query, params in out.statements:
-                cur = AsyncRawCursor(conn, row_factory=tuple_row)
-                await cur.execute(query.text, query.args(params))
-                cursors.append(cur)
+            (cursors,) = await _send(conn, [out.statements], _same)
             await self._db.maybe_fail(conn)
         return out.values([cur.pgresult for cur in cursors])
 
