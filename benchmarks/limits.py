@@ -4,6 +4,11 @@
   (and 64 clients on PostgreSQL): the ceiling of a sequential workflow, whose every
   step needs its own durable commit.
 * 100-row: 100 such rows per transaction: the ceiling of work that can be batched.
+* single-row after CPU: the same loop spinning 0.1-0.4 ms on the CPU before each
+  commit, as an engine does between the sequential steps of a workflow. A commit
+  that follows work is slower than one that follows another commit (on this
+  machine's virtual disk 0.23 -> 0.33 ms after 0.3 ms), so this is what a raw loop
+  with an engine's CPU per step would reach: the bound W4 is read against.
 
 SQLite: a temporary file in WAL mode with ``synchronous=FULL`` (perdure's default;
 ``synchronous=NORMAL`` for the separately labelled ``sqlite-normal`` backend), timed
@@ -15,6 +20,7 @@ PostgreSQL: the suite's server with default durability (``fsync=on``,
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sqlite3
@@ -29,6 +35,50 @@ from benchmarks.spec import Sizes
 
 PAYLOAD = "x" * 100
 _ROWS = 100
+CPU_GAPS_US = (100, 200, 300, 400)
+
+
+def _spin(seconds: float) -> None:
+    """Busy, like an engine between two steps (a sleep would idle the CPU instead)."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def commits_after_cpu(commit: Any, count: int) -> dict[str, float]:
+    """Single-row commits with ``CPU_GAPS_US`` of CPU before each: rate and p50 per gap.
+
+    ``commit(i)`` runs one durable single-row commit.
+    """
+    out: dict[str, float] = {}
+    i = 0
+    for gap_us in CPU_GAPS_US:
+        latencies = []
+        started = time.perf_counter()
+        for _ in range(count):
+            _spin(gap_us / 1e6)
+            t = time.perf_counter()
+            commit(i)
+            latencies.append(time.perf_counter() - t)
+            i += 1
+        out[f"after_cpu_{gap_us}us_commits_per_s"] = count / (time.perf_counter() - started)
+        out[f"after_cpu_{gap_us}us_p50_ms"] = percentile(latencies, 0.5) * 1000
+    return out
+
+
+def rate_after_cpu(metrics: dict[str, Any], cpu_ms: float) -> float | None:
+    """Commits/s of a raw single-row loop spending ``cpu_ms`` before each commit,
+    interpolated between the measured gaps (0 is the back-to-back loop)."""
+    points = [(0.0, metrics.get("single_commits_per_s"))]
+    points += [(g / 1000, metrics.get(f"after_cpu_{g}us_commits_per_s")) for g in CPU_GAPS_US]
+    known = [(x, 1.0 / y) for x, y in points if isinstance(y, int | float) and y > 0]
+    if len(known) < 2:
+        return None
+    # Per-commit time is close to linear in the CPU before it; interpolate it.
+    for (x0, t0), (x1, t1) in itertools.pairwise(known):
+        if cpu_ms <= x1 or (x1, t1) == known[-1]:
+            return 1.0 / (t0 + (t1 - t0) * (cpu_ms - x0) / (x1 - x0))
+    return None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,12 +101,16 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
     for i in range(int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])):
         conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"w{i}", PAYLOAD))
     latencies = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(sizes.limit_single_commits):
         t = time.perf_counter()
         conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"k{i}", PAYLOAD))
         latencies.append(time.perf_counter() - t)
-    single_elapsed = time.perf_counter() - started
+    single_elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    after_cpu = commits_after_cpu(
+        lambda i: conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"c{i}", PAYLOAD)),
+        max(100, sizes.limit_single_commits // 3),
+    )
     rows = [(f"b{i}", PAYLOAD) for i in range(_ROWS)]
     started = time.perf_counter()
     for _ in range(sizes.limit_batch_commits):
@@ -68,10 +122,12 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
     batch_commits = sizes.limit_batch_commits / batch_elapsed
     return {
         "single_commits_per_s": sizes.limit_single_commits / single_elapsed,
+        "single_cpu_ms": cpu / sizes.limit_single_commits * 1000,
         "single_p50_ms": percentile(latencies, 0.5) * 1000,
         "single_p99_ms": percentile(latencies, 0.99) * 1000,
         "batch_commits_per_s": batch_commits,
         "batch_rows_per_s": batch_commits * _ROWS,
+        **after_cpu,
         "how": f"sqlite3, WAL, synchronous={synchronous}",
     }
 
@@ -84,19 +140,19 @@ def _pg_prepare(url: str) -> None:
         conn.execute("CREATE INDEX IF NOT EXISTS t_k ON t (k)")
 
 
-def _pg_single_loop(url: str, seconds: float) -> tuple[int, list[float]]:
+def _pg_single_loop(url: str, seconds: float) -> tuple[int, list[float], float]:
     import psycopg
 
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:
-        deadline = time.perf_counter() + seconds
+        deadline, cpu = time.perf_counter() + seconds, time.process_time()
         i = 0
         while time.perf_counter() < deadline:
             t = time.perf_counter()
             conn.execute("INSERT INTO t (k, v) VALUES (%s, %s)", (f"k{i}", PAYLOAD))
             latencies.append(time.perf_counter() - t)
             i += 1
-    return i, latencies
+    return i, latencies, time.process_time() - cpu
 
 
 def _pg_batch_loop(url: str, seconds: float, stop_at: float | None = None) -> int:
@@ -163,16 +219,23 @@ def postgres_limits(url: str, sizes: Sizes, pgbench: Path | None) -> dict[str, A
 
     _pg_prepare(url)
     seconds = sizes.limit_seconds
-    commits, latencies = _pg_single_loop(url, seconds)
+    commits, latencies, cpu = _pg_single_loop(url, seconds)
     elapsed = sum(latencies)
     batch = _pg_batch_loop(url, seconds)
+    with psycopg.connect(url, autocommit=True) as conn:
+        after_cpu = commits_after_cpu(
+            lambda i: conn.execute("INSERT INTO t (k, v) VALUES (%s, %s)", (f"c{i}", PAYLOAD)),
+            max(100, sizes.limit_single_commits // 3),
+        )
     out: dict[str, Any] = {
         "single_commits_per_s": commits / seconds,
         "single_p50_ms": percentile(latencies, 0.5) * 1000,
         "single_p99_ms": percentile(latencies, 0.99) * 1000,
         "single_mean_ms": elapsed / max(commits, 1) * 1000,
+        "single_cpu_ms": cpu / max(commits, 1) * 1000,
         "batch_commits_per_s": batch / seconds,
         "batch1_rows_per_s": batch / seconds * _ROWS,
+        **after_cpu,
     }
     clients = 64
     if pgbench is not None:

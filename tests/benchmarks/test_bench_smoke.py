@@ -43,12 +43,16 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
     for workload in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
         assert workload in text
     assert "single-row commits/s" in text
+    assert "0.3 ms of CPU before each" in text  # the limit after an engine's CPU per step
     assert "error" not in text and "timeout" not in text, text
     data = json.loads(out.read_text())
     statuses = {(r["system"], r["workload"]): r["status"] for r in data["results"]}
     assert statuses[("perdure", "W4")] == "ok"
     assert statuses[("limit", "L")] == "ok"
     assert all(s == "ok" for s in statuses.values()), statuses
+    w4 = next(r for r in data["results"] if (r["system"], r["workload"]) == ("perdure", "W4"))
+    assert w4["metrics"]["cpu_ms_per_step"] > 0
+    assert any(n.startswith("W4 (sqlite): a step costs") for n in data["notes"]), data["notes"]
     assert "bench:begin" in md.read_text()
 
 
