@@ -32,6 +32,7 @@ from benchmarks.report import (
     limit_rows,
     markdown_table,
     rich_table,
+    w3_bound_notes,
     w4_bound_notes,
     workload_legend,
 )
@@ -469,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_rows(everything, args.backend_list, args.peer_list, args.workloads)
     limits = limit_rows(everything, args.backend_list)
     console.print(rich_table(rows, limits, args.peer_list))
-    notes = run_notes(args, available, results) + w4_bound_notes(everything, args.backend_list)
+    notes = run_notes(args, available, results)
+    notes += w3_bound_notes(everything, args.backend_list)
+    notes += w4_bound_notes(everything, args.backend_list)
     for note in notes:
         console.print(f"[dim]· {note}")
     console.print(f"[dim]· suite took {elapsed:.0f} s")

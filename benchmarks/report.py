@@ -216,6 +216,36 @@ LIMIT_ROWS = [
 ]
 
 
+def w3_bound_notes(results: Results, backends: list[str]) -> list[str]:
+    """W3 read the same way: its round trip is two commits (the start with the first
+    step, then the close), with the engine's CPU around them."""
+    notes = []
+    for backend in backends:
+        mine = results.get("perdure", backend, "W3")
+        limit = results.get("limit", backend, "L")
+        if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
+            continue
+        cpu = mine.metrics.get("cpu_ms_per_round_trip")
+        commit_cpu = limit.metrics.get("single_cpu_ms")
+        p50 = mine.metrics.get("p50_ms")
+        single = limit.metrics.get("single_p50_ms")
+        if not isinstance(cpu, float) or not isinstance(commit_cpu, float) or not p50 or not single:
+            continue
+        extra = max(0.0, cpu - 2 * commit_cpu)
+        rate = rate_after_cpu(limit.metrics, extra / 2)
+        if rate is None:
+            continue
+        two = 2 / rate * 1000
+        notes.append(
+            f"W3 ({backend}): a round trip is two commits and costs perdure's process "
+            f"{cpu:.3f} ms of CPU, {extra:.3f} ms more than two raw single-row commits; two "
+            f"raw commits with {extra / 2:.3f} ms of CPU before each take {two:.2f} ms, "
+            f"{two / single:.1f}x the single-row commit p50 ({single:.3f} ms; the target is "
+            f"3x); perdure's p50 is {p50:.2f} ms"
+        )
+    return notes
+
+
 def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
     """W4 read against a raw commit loop that spends perdure's CPU per step between
     its commits: how much of the gap to the back-to-back limit is the CPU's own cost,

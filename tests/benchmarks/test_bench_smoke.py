@@ -53,6 +53,7 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
     w4 = next(r for r in data["results"] if (r["system"], r["workload"]) == ("perdure", "W4"))
     assert w4["metrics"]["cpu_ms_per_step"] > 0
     assert any(n.startswith("W4 (sqlite): a step costs") for n in data["notes"]), data["notes"]
+    assert any(n.startswith("W3 (sqlite): a round trip is") for n in data["notes"]), data["notes"]
     assert "bench:begin" in md.read_text()
 
 
