@@ -224,14 +224,23 @@ def insert_inbox(
     )
 
 
-def insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
-    """Insert a run, applying its id reuse and conflict policies."""
+def insert_run(
+    conn: sqlite3.Connection, run: NewRun, first_step: StepCommit | None = None
+) -> tuple[str, bool]:
+    """Insert a run, applying its id reuse and conflict policies; with ``first_step``
+    (see ``stepped_start``), as that step's fence would leave its row."""
     params = run_params(run)
+    insert = Q["insert_run"]
+    if first_step is not None:
+        insert = Q["insert_run_stepped"]
+        params["next_event_seq"] = first_step.expected_seq + len(first_step.events)
+        params["wake_at"] = fmt_opt(first_step.wake_at)
+        params["lease_until"] = fmt_opt(first_step.lease_until)
     if run.id_reuse_policy == "allow_duplicate":
         # Most starts conflict with nothing: try the insert first (the unique index on
         # running runs refuses a conflict, changing nothing), look for a conflict after.
         try:
-            conn.execute(Q["insert_run"], params)
+            conn.execute(insert, params)
             return run.run_id, True
         except sqlite3.IntegrityError:
             pass
@@ -263,8 +272,25 @@ def insert_run(conn: sqlite3.Connection, run: NewRun) -> tuple[str, bool]:
                 run_id=latest["run_id"],
                 workflow_type=latest["workflow_type"],
             )
-    conn.execute(Q["insert_run"], params)
+    conn.execute(insert, params)
     return run.run_id, True
+
+
+def stepped_start(step: StepCommit) -> bool:
+    """Whether the run this step starts can be inserted as its fence would leave it.
+
+    The fence of a run inserted by the same transaction, owned by this worker, always
+    passes; what it writes can go into the insert. Steps that release the run or
+    consume inbox messages take the general path (insert, then fence).
+    """
+    start = step.start
+    return (
+        start is not None
+        and start.owner == step.worker_id
+        and step.expected_seq == 1
+        and not step.release
+        and not step.consumed_inbox
+    )
 
 
 # The statements every step runs, with positional parameters (cheaper to bind than
@@ -317,11 +343,13 @@ def run_params(run: NewRun) -> dict[str, Any]:
 
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     run_id = step.run_id
+    fenced = False
     if step.start is not None:
-        created_id, created = insert_run(conn, step.start)
+        fenced = stepped_start(step)
+        created_id, created = insert_run(conn, step.start, step if fenced else None)
         if not created:
             raise RunExists(created_id)
-    if fence(conn, step) != 1:
+    if not fenced and fence(conn, step) != 1:
         raise StepRejected(run_id)
     events = step.events
     if len(events) == 1:

@@ -12,6 +12,30 @@ INSERT INTO perdure_workflows (
     :search_attributes, :memo, :wake_at, :owner, :lease_until, :created_at
 );
 
+-- name: insert_run_stepped
+-- insert_run for a run whose first step commits in the same transaction (a worker that
+-- took the run at once): the row is written as that step's fence would leave it (its
+-- events counted, its wake-up, the step's lease), instead of inserted and then updated
+-- (an update that also moved the row's entry in workflows_due). A message already
+-- waiting for the workflow id makes the run due at once, as the fence does.
+INSERT INTO perdure_workflows (
+    run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
+    parent_workflow_id, parent_run_id, parent_close_policy, child_id,
+    search_attributes, memo, wake_at, owner, lease_expires_at, created_at, next_event_seq
+) VALUES (
+    :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, 'running', :input,
+    :parent_workflow_id, :parent_run_id, :parent_close_policy, :child_id,
+    :search_attributes, :memo,
+    CASE
+        WHEN EXISTS (SELECT 1 FROM perdure_inbox i
+                     WHERE i.namespace = :namespace AND i.workflow_id = :workflow_id
+                       AND (i.run_id IS NULL OR i.run_id = :run_id))
+        THEN '1970-01-01T00:00:00.000000Z'
+        ELSE :wake_at
+    END,
+    :owner, :lease_until, :created_at, :next_event_seq
+);
+
 -- name: latest_run
 SELECT * FROM perdure_workflows
 WHERE namespace = :namespace AND workflow_id = :workflow_id
