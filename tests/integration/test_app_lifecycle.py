@@ -8,6 +8,7 @@ closing it at the end.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
@@ -42,13 +43,20 @@ async def _round(app: perdure.App, first: int) -> list[int]:
 
 
 def _other_connections(database_url: str) -> int:
+    """Backends still connected to the test's database, once those of connections the
+    client closed had time to exit: a backend leaves ``pg_stat_activity`` only as its
+    process ends, a moment after the client's close (longer on a loaded machine)."""
+    deadline = time.monotonic() + 10
     with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+            assert row is not None
+            if row[0] == 0 or time.monotonic() > deadline:
+                return int(row[0])
+            time.sleep(0.05)
 
 
 def test_one_app_serves_event_loop_after_event_loop(database_url: str) -> None:

@@ -26,12 +26,15 @@ POSTGRES_ONLY = {
     "load_runs_tasks",
     "runs_inbox",
 }
+# SQLite writes a run that its first step commits with already as that step leaves it
+# (PostgreSQL starts a run with its first step by statements of its own).
+SQLITE_ONLY = {"insert_run_stepped"}
 
 
 def test_every_dialect_defines_the_same_queries() -> None:
     sqlite, postgres = set(load_queries("sqlite")), set(load_queries("postgres"))
-    assert postgres - POSTGRES_ONLY == sqlite, (
-        f"only in sqlite: {sorted(sqlite - postgres)}; "
+    assert postgres - POSTGRES_ONLY == sqlite - SQLITE_ONLY, (
+        f"only in sqlite: {sorted(sqlite - postgres - SQLITE_ONLY)}; "
         f"only in postgres: {sorted(postgres - sqlite - POSTGRES_ONLY)}"
     )
     # CockroachDB overrides a few PostgreSQL blocks and defines nothing new.
