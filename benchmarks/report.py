@@ -216,23 +216,34 @@ LIMIT_ROWS = [
 ]
 
 
+def _with_limit(
+    results: Results, backend: str, workload: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """perdure's metrics of ``workload`` and the backend's limit, if both ran."""
+    mine = results.get("perdure", backend, workload)
+    limit = results.get("limit", backend, "L")
+    if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
+        return None
+    return mine.metrics, limit.metrics
+
+
 def w3_bound_notes(results: Results, backends: list[str]) -> list[str]:
     """W3 read the same way: its round trip is two commits (the start with the first
     step, then the close), with the engine's CPU around them."""
     notes = []
     for backend in backends:
-        mine = results.get("perdure", backend, "W3")
-        limit = results.get("limit", backend, "L")
-        if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
+        pair = _with_limit(results, backend, "W3")
+        if pair is None:
             continue
-        cpu = mine.metrics.get("cpu_ms_per_round_trip")
-        commit_cpu = limit.metrics.get("single_cpu_ms")
-        p50 = mine.metrics.get("p50_ms")
-        single = limit.metrics.get("single_p50_ms")
+        mine, limit = pair
+        cpu = mine.get("cpu_ms_per_round_trip")
+        commit_cpu = limit.get("single_cpu_ms")
+        p50 = mine.get("p50_ms")
+        single = limit.get("single_p50_ms")
         if not isinstance(cpu, float) or not isinstance(commit_cpu, float) or not p50 or not single:
             continue
         extra = max(0.0, cpu - 2 * commit_cpu)
-        rate = rate_after_cpu(limit.metrics, extra / 2)
+        rate = rate_after_cpu(limit, extra / 2)
         if rate is None:
             continue
         two = 2 / rate * 1000
@@ -252,20 +263,20 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
     and how much the engine's."""
     notes = []
     for backend in backends:
-        mine = results.get("perdure", backend, "W4")
-        limit = results.get("limit", backend, "L")
-        if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
+        pair = _with_limit(results, backend, "W4")
+        if pair is None:
             continue
-        cpu = mine.metrics.get("cpu_ms_per_step")
-        commit_cpu = limit.metrics.get("single_cpu_ms")
-        steps = mine.metrics.get("steps_per_s")
-        back_to_back = limit.metrics.get("single_commits_per_s")
+        mine, limit = pair
+        cpu = mine.get("cpu_ms_per_step")
+        commit_cpu = limit.get("single_cpu_ms")
+        steps = mine.get("steps_per_s")
+        back_to_back = limit.get("single_commits_per_s")
         if not isinstance(cpu, float) or not isinstance(commit_cpu, float):
             continue
         # The raw loop's own commit costs CPU too (SQLite's WAL writes, the driver):
         # what the engine adds is the rest.
         extra = max(0.0, cpu - commit_cpu)
-        bound = rate_after_cpu(limit.metrics, extra)
+        bound = rate_after_cpu(limit, extra)
         if bound is None or not steps or not back_to_back:
             continue
         notes.append(
