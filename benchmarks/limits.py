@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def _spin(seconds: float) -> None:
         pass
 
 
-def commits_after_cpu(commit: Any, count: int) -> dict[str, float]:
+def commits_after_cpu(commit: Callable[[int], object], count: int) -> dict[str, float]:
     """Single-row commits with ``CPU_GAPS_US`` of CPU before each: rate and p50 per gap.
 
     ``commit(i)`` runs one durable single-row commit.
@@ -74,11 +75,13 @@ def rate_after_cpu(metrics: dict[str, Any], cpu_ms: float) -> float | None:
     known = [(x, 1.0 / y) for x, y in points if isinstance(y, int | float) and y > 0]
     if len(known) < 2:
         return None
-    # Per-commit time is close to linear in the CPU before it; interpolate it.
-    for (x0, t0), (x1, t1) in itertools.pairwise(known):
-        if cpu_ms <= x1 or (x1, t1) == known[-1]:
-            return 1.0 / (t0 + (t1 - t0) * (cpu_ms - x0) / (x1 - x0))
-    return None
+    # Per-commit time is close to linear in the CPU before it: interpolate it in the
+    # segment around cpu_ms, or extrapolate the last one.
+    (x0, t0), (x1, t1) = next(
+        (pair for pair in itertools.pairwise(known) if cpu_ms <= pair[1][0]),
+        (known[-2], known[-1]),
+    )
+    return 1.0 / (t0 + (t1 - t0) * (cpu_ms - x0) / (x1 - x0))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -71,6 +71,15 @@ async def store(tmp_path: Path) -> SQLiteStore:
     return s
 
 
+@pytest.fixture(params=["stepped-insert", "insert-then-fence"])
+def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a started run's row is written: the stepped insert, and the general
+    path (insert, then fence) it must match."""
+    if request.param == "insert-then-fence":
+        monkeypatch.setattr(_sqlite_tx, "stepped_start", lambda step: False)
+    return str(request.param)
+
+
 def _row(store: SQLiteStore, run_id: str) -> dict[str, Any]:
     conn = sqlite3.connect(store.db.path)
     conn.row_factory = sqlite3.Row
@@ -114,12 +123,10 @@ async def test_the_started_run_is_written_once_as_its_first_step_leaves_it(
     await store.close()
 
 
-@pytest.mark.parametrize("stepped", [True, False], ids=["stepped-insert", "insert-then-fence"])
+@pytest.mark.usefixtures("start_path")
 async def test_a_message_left_for_the_workflow_id_makes_the_new_run_due_either_way(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, stepped: bool
+    store: SQLiteStore,
 ) -> None:
-    if not stepped:
-        monkeypatch.setattr(_sqlite_tx, "stepped_start", lambda step: False)
     old = _new_run("wf-b", owner=None)
     await store.start_run(old)
     conn = sqlite3.connect(store.db.path)
@@ -139,12 +146,8 @@ async def test_a_message_left_for_the_workflow_id_makes_the_new_run_due_either_w
     await store.close()
 
 
-@pytest.mark.parametrize("stepped", [True, False], ids=["stepped-insert", "insert-then-fence"])
-async def test_both_paths_leave_the_same_row(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, stepped: bool
-) -> None:
-    if not stepped:
-        monkeypatch.setattr(_sqlite_tx, "stepped_start", lambda step: False)
+@pytest.mark.usefixtures("start_path")
+async def test_both_paths_leave_the_same_row(store: SQLiteStore) -> None:
     run = _new_run("wf-c")
     wake = utcnow() + timedelta(minutes=5)
     lease = utcnow() + timedelta(seconds=30)
