@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.spec import Sizes
+from benchmarks.wal import wal_pages_per_commit
 
 PAYLOAD = "x" * 100
 _ROWS = 100
@@ -110,6 +111,7 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
         conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"k{i}", PAYLOAD))
         latencies.append(time.perf_counter() - t)
     single_elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    single_pages = wal_pages_per_commit(path)
     after_cpu = commits_after_cpu(
         lambda i: conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"c{i}", PAYLOAD)),
         max(100, sizes.limit_single_commits // 3),
@@ -128,6 +130,7 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
         "single_cpu_ms": cpu / sizes.limit_single_commits * 1000,
         "single_p50_ms": percentile(latencies, 0.5) * 1000,
         "single_p99_ms": percentile(latencies, 0.99) * 1000,
+        "single_wal_pages_per_commit": single_pages,
         "batch_commits_per_s": batch_commits,
         "batch_rows_per_s": batch_commits * _ROWS,
         **after_cpu,

@@ -279,7 +279,7 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
         bound = rate_after_cpu(limit, extra)
         if bound is None or not steps or not back_to_back:
             continue
-        notes.append(
+        note = (
             f"W4 ({backend}): a step costs perdure's process {cpu:.3f} ms of CPU, "
             f"{extra:.3f} ms more than a raw single-row commit ({commit_cpu:.3f} ms; the "
             f"server's not counted); a raw loop spending {extra:.3f} ms before each commit "
@@ -287,6 +287,15 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
             f"{back_to_back:,.0f}/s (a commit that follows work is slower); perdure's "
             f"{steps:,.0f} steps/s are {steps / bound:.0%} of that"
         )
+        pages = mine.get("wal_pages_per_commit")
+        raw_pages = limit.get("single_wal_pages_per_commit")
+        if isinstance(pages, float) and isinstance(raw_pages, float):
+            note += (
+                f"; each of its commits wrote {pages:.1f} pages to the WAL, the raw loop's "
+                f"{raw_pages:.1f} (a step writes its run's row and a history page, and on many "
+                "appends SQLite rebalances the history's B-tree leaves: three pages more)"
+            )
+        notes.append(note)
     return notes
 
 

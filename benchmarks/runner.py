@@ -43,7 +43,9 @@ def _limits(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     from benchmarks import limits
 
     if args.backend.startswith("sqlite"):
-        path = args.url[len("sqlite:///") :].split("?", 1)[0]
+        from benchmarks.wal import sqlite_path
+
+        path = sqlite_path(args.url)
         sync = "NORMAL" if args.backend == "sqlite-normal" else "FULL"
         return limits.sqlite_limits(path, sizes, sync)
     from pathlib import Path

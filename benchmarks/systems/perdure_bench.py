@@ -18,6 +18,7 @@ from benchmarks.common import (
     wait_until,
 )
 from benchmarks.spec import Sizes
+from benchmarks.wal import sqlite_path, wal_pages_per_commit
 from perdure import WorkflowContext
 
 IN_FLIGHT = 1000  # W6: starts and signals in flight at once (the same for every system)
@@ -164,20 +165,25 @@ def latency_metrics(latencies: list[float]) -> dict[str, Any]:
     }
 
 
-async def w4(app: perdure.App, s: Sizes) -> dict[str, Any]:
+async def w4(app: perdure.App, s: Sizes, url: str) -> dict[str, Any]:
     async with app.worker():
         await _warm_up_sequential(app)
         started, cpu = time.perf_counter(), time.process_time()
         handle = await app.start_workflow(steps, s.w4_steps)
         await handle.result()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        # Read before the worker's connection closes (the last close deletes the log).
+        pages = wal_pages_per_commit(sqlite_path(url)) if url.startswith("sqlite") else None
     # The process's CPU per step (the database server's, on PostgreSQL, not included):
     # the report reads W4 against a raw commit loop spending as much between commits.
-    return {
+    metrics: dict[str, Any] = {
         "steps_per_s": s.w4_steps / elapsed,
         "seconds": elapsed,
         "cpu_ms_per_step": cpu / s.w4_steps * 1000,
     }
+    if pages is not None:
+        metrics["wal_pages_per_commit"] = pages
+    return metrics
 
 
 async def w5(app: perdure.App, s: Sizes) -> dict[str, Any]:
@@ -273,5 +279,7 @@ async def run(workload: str, url: str, sizes: Sizes, **_: Any) -> dict[str, Any]
         await app.migrate()
         if workload == "W7":
             return await w7(app, sizes, url)
-        fn = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6}[workload]
+        if workload == "W4":
+            return await w4(app, sizes, url)
+        fn = {"W1": w1, "W2": w2, "W3": w3, "W5": w5, "W6": w6}[workload]
         return await fn(app, sizes)
