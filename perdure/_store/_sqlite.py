@@ -28,8 +28,10 @@ from perdure._store._base import (
 )
 from perdure._store._queries import migration_files
 from perdure._store._sqlite_db import SQLiteDB
-from perdure._store._sqlite_tx import Q as _Q
 from perdure._store._sqlite_tx import (
+    GET_RUN_EXACT,
+    LATEST_RUN_EXACT,
+    RUNS_WITH_HISTORY_END,
     change_schedule,
     commit_step,
     dumps,
@@ -46,6 +48,7 @@ from perdure._store._sqlite_tx import (
     schedule_from_row,
     terminate,
 )
+from perdure._store._sqlite_tx import Q as _Q
 from perdure._store._times import parse
 
 
@@ -104,23 +107,23 @@ class SQLiteStore(Store):
     ) -> RunRecord | None:
         def read(conn: sqlite3.Connection) -> RunRecord | None:
             if run_id is not None:
-                row = conn.execute(_Q["get_run"], {"run_id": run_id}).fetchone()
+                row = conn.execute(GET_RUN_EXACT, {"run_id": run_id}).fetchone()
                 if row is not None and (
                     row["workflow_id"] != workflow_id or row["namespace"] != namespace
                 ):
                     row = None
             else:
                 row = conn.execute(
-                    _Q["latest_run"], {"namespace": namespace, "workflow_id": workflow_id}
+                    LATEST_RUN_EXACT, {"namespace": namespace, "workflow_id": workflow_id}
                 ).fetchone()
-            return None if row is None else run_from_row(row)
+            return None if row is None else run_from_row(row, exact=True)
 
         return await self.db.read(read)
 
     async def get_run_by_id(self, run_id: str) -> RunRecord | None:
         def read(conn: sqlite3.Connection) -> RunRecord | None:
-            row = conn.execute(_Q["get_run"], {"run_id": run_id}).fetchone()
-            return None if row is None else run_from_row(row)
+            row = conn.execute(GET_RUN_EXACT, {"run_id": run_id}).fetchone()
+            return None if row is None else run_from_row(row, exact=True)
 
         return await self.db.read(read)
 
@@ -133,7 +136,7 @@ class SQLiteStore(Store):
         return await self.db.read(read)
 
     async def list_runs(self, flt: ListFilter) -> list[RunRecord]:
-        clauses = ["namespace = ?"]
+        clauses = ["w.namespace = ?"]
         params: list[Any] = [flt.namespace]
         if flt.status is not None:
             clauses.append("status = ?")
@@ -148,16 +151,16 @@ class SQLiteStore(Store):
             clauses.append("json_extract(search_attributes, ?) = json_extract(?, '$')")
             params += [f'$."{key}"', dumps(value)]
         sql = (
-            "SELECT * FROM perdure_workflows WHERE "
+            f"{RUNS_WITH_HISTORY_END} WHERE "
             + " AND ".join(clauses)
-            + " ORDER BY created_at DESC, rowid DESC"
+            + " ORDER BY w.created_at DESC, w.rowid DESC"
         )
         if flt.limit is not None:
             sql += " LIMIT ?"
             params.append(flt.limit)
 
         def read(conn: sqlite3.Connection) -> list[RunRecord]:
-            return [run_from_row(r) for r in conn.execute(sql, params)]
+            return [run_from_row(r, exact=True) for r in conn.execute(sql, params)]
 
         return await self.db.read(read)
 

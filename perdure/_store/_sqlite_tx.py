@@ -102,7 +102,21 @@ def fmt_opt(value: datetime | None) -> str | None:
     return None if value is None else fmt(value)
 
 
-def run_from_row(row: sqlite3.Row) -> RunRecord:
+# Runs as the client reads them: next_event_seq from the history itself, which a held
+# run's row may trail (see FENCE_HELD_DUE). Not in queries.sql: SQLite's alone.
+_HISTORY_END = (
+    "(SELECT coalesce(max(h.seq), 0) + 1 FROM perdure_history h WHERE h.run_id = w.run_id)"
+)
+RUNS_WITH_HISTORY_END = f"SELECT w.*, {_HISTORY_END} AS history_next_seq FROM perdure_workflows w"
+GET_RUN_EXACT = f"{RUNS_WITH_HISTORY_END} WHERE w.run_id = :run_id"
+LATEST_RUN_EXACT = (
+    f"{RUNS_WITH_HISTORY_END} WHERE w.namespace = :namespace AND w.workflow_id = :workflow_id"
+    " ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1"
+)
+
+
+def run_from_row(row: sqlite3.Row, *, exact: bool = False) -> RunRecord:
+    """``exact``: the row comes from RUNS_WITH_HISTORY_END (next_event_seq from history)."""
     return RunRecord(
         run_id=row["run_id"],
         namespace=row["namespace"],
@@ -120,7 +134,7 @@ def run_from_row(row: sqlite3.Row) -> RunRecord:
         search_attributes=json.loads(row["search_attributes"]),
         memo=json.loads(row["memo"]),
         continued_run_id=row["continued_run_id"],
-        next_event_seq=row["next_event_seq"],
+        next_event_seq=row["history_next_seq" if exact else "next_event_seq"],
         wake_at=parse_opt(row["wake_at"]),
         owner=row["owner"],
         parked_error=row["parked_error"],
@@ -296,6 +310,10 @@ def stepped_start(step: StepCommit) -> bool:
 # The statements every step runs, with positional parameters (cheaper to bind than
 # named ones). They are not in queries.sql, whose names every dialect must share.
 #
+# Every fence checks the run's history itself, not the row's next_event_seq: a step
+# that leaves the row alone (FENCE_HELD_DUE) appends events without moving it, so on
+# SQLite a held run's row may trail its history until its next full fence.
+#
 # A step of a run that stays held does not assign ``owner`` (so the owner index is not
 # rewritten), and one that consumed no inbox row needs no json_each. A message that
 # arrived after the worker last read its inbox keeps the run due, as in fence_step.
@@ -311,23 +329,25 @@ SET next_event_seq = ?1,
         ELSE ?2
     END,
     lease_expires_at = ?3
-WHERE run_id = ?4 AND owner = ?5 AND next_event_seq = ?6 AND status = 'running'
+WHERE run_id = ?4 AND owner = ?5 AND status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = ?4 AND h.seq >= ?6)
 """
 FENCE_HELD = _FENCE_HELD.format(consumed="")
 FENCE_HELD_CONSUMED = _FENCE_HELD.format(
     consumed="\n                       AND i.inbox_id NOT IN (SELECT value FROM json_each(?7))"
 )
 # A step of a held run that was due before it and is due after it (most steps: an
-# activity just scheduled makes the run due "now") keeps the row's wake_at: a worker
-# that took the run over would run it at once either way. No indexed column is then
-# assigned, so SQLite writes no index entry (the due index stayed put), and no inbox
-# lookup is needed (a message left unread cannot make a due run more due). It matches
-# no row when the run was not due before (or is fenced out): fence() then runs
-# FENCE_HELD, which decides. wake_at of a held run thus reads "due since".
-FENCE_HELD_KEEP_WAKE = """
-UPDATE perdure_workflows SET next_event_seq = ?1, lease_expires_at = ?2
-WHERE run_id = ?3 AND owner = ?4 AND next_event_seq = ?5 AND status = 'running'
-  AND wake_at <= ?6
+# activity just scheduled makes the run due "now") writes its events and leaves the
+# run's row as it was: a worker that took the run over would run it at once either
+# way, no message left unread can make a due run more due, and the worker's lease loop
+# renews the lease. One page less per commit (the row's) and no row rewrite: SQLite
+# takes one writer at a time, so this check holds until the commit. It matches no row
+# when the run was not due before (or is fenced out): fence() then runs FENCE_HELD,
+# which decides. wake_at of a held run thus reads "due since".
+FENCE_HELD_DUE = """
+SELECT 1 FROM perdure_workflows
+WHERE run_id = ?1 AND owner = ?2 AND status = 'running' AND wake_at <= ?4
+  AND NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = ?1 AND h.seq >= ?3)
 """
 # close_run handing back the closed row (what after_close needs) instead of a SELECT.
 CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"
@@ -343,7 +363,7 @@ def run_params(run: NewRun) -> dict[str, Any]:
 
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     run_id = step.run_id
-    fenced = False
+    fenced = step.row_kept = False
     if step.start is not None:
         fenced = stepped_start(step)
         created_id, created = insert_run(conn, step.start, step if fenced else None)
@@ -390,9 +410,15 @@ def send_messages(conn: sqlite3.Connection, step: StepCommit) -> None:
 
 
 def fence(conn: sqlite3.Connection, step: StepCommit) -> int:
-    """Move the run's row on if this worker still holds it as last seen; the row count."""
+    """1 if this worker still holds the run and its history still ends just before the
+    step (then the run's row is moved on, unless the step may leave it: ``row_kept``)."""
     next_seq = step.expected_seq + len(step.events)
     wake_at = None if step.wake_at is None else fmt(step.wake_at)
+    if step.wake_at is not None and not step.release and step.wake_at <= utcnow():
+        due = (step.run_id, step.worker_id, step.expected_seq, wake_at)
+        if conn.execute(FENCE_HELD_DUE, due).fetchone() is not None:
+            step.row_kept = True
+            return 1
     lease_until = None if step.lease_until is None else fmt_once(step.lease_until)
     if step.release:
         params: dict[str, Any] | tuple[Any, ...] = {
@@ -406,10 +432,6 @@ def fence(conn: sqlite3.Connection, step: StepCommit) -> int:
             "consumed": dumps(step.consumed_inbox),
         }
         return conn.execute(Q["fence_step"], params).rowcount
-    if wake_at is not None and step.wake_at is not None and step.wake_at <= utcnow():
-        keep = (next_seq, lease_until, step.run_id, step.worker_id, step.expected_seq, wake_at)
-        if conn.execute(FENCE_HELD_KEEP_WAKE, keep).rowcount == 1:
-            return 1
     params = (next_seq, wake_at, lease_until, step.run_id, step.worker_id, step.expected_seq)
     if step.consumed_inbox:
         return conn.execute(FENCE_HELD_CONSUMED, (*params, dumps(step.consumed_inbox))).rowcount

@@ -751,29 +751,29 @@ class Worker(ActivityExecution):
                 )
         new_tasks, finished = task_rows(plan, finished)
         wake = wake_after(run, plan, now)
-        await self.store.commit_step(
-            StepCommit(
-                namespace=run.record.namespace,
-                run_id=run.run_id,
-                worker_id=self.worker_id,
-                expected_seq=run.next_seq,
-                events=events,
-                new_tasks=new_tasks,
-                finished_tasks=finished,
-                consumed_inbox=consumed,
-                wake_at=wake,
-                lease_until=utcnow() + timedelta(seconds=self.lease_duration),
-                close=plan.close,
-                children=plan.children,
-                messages=plan.messages,
-                replies=plan.replies,
-                search_attributes=plan.search_attributes or None,
-                continue_as_new=plan.continue_as_new,
-                start=start,
-            )
+        commit = StepCommit(
+            namespace=run.record.namespace,
+            run_id=run.run_id,
+            worker_id=self.worker_id,
+            expected_seq=run.next_seq,
+            events=events,
+            new_tasks=new_tasks,
+            finished_tasks=finished,
+            consumed_inbox=consumed,
+            wake_at=wake,
+            lease_until=utcnow() + timedelta(seconds=self.lease_duration),
+            close=plan.close,
+            children=plan.children,
+            messages=plan.messages,
+            replies=plan.replies,
+            search_attributes=plan.search_attributes or None,
+            continue_as_new=plan.continue_as_new,
+            start=start,
         )
+        await self.store.commit_step(commit)
         run.next_seq = seq
-        run.lease_bound = max(run.lease_bound, began + self.lease_duration)
+        if not commit.row_kept:  # else the lease is as the lease loop last renewed it
+            run.lease_bound = max(run.lease_bound, began + self.lease_duration)
         self.stats.steps_committed += 1
         for inbox_id in consumed:
             run.inbox_seen.discard(inbox_id)

@@ -84,8 +84,9 @@ SET next_event_seq = :next_event_seq,
     END,
     lease_expires_at = :lease_until,
     owner = CASE WHEN :release THEN NULL ELSE owner END
-WHERE run_id = :run_id AND owner = :worker_id AND next_event_seq = :expected_seq
-  AND status = 'running';
+WHERE run_id = :run_id AND owner = :worker_id AND status = 'running'
+  AND NOT EXISTS (SELECT 1 FROM perdure_history h
+                  WHERE h.run_id = :run_id AND h.seq >= :expected_seq);
 
 -- name: close_run
 UPDATE perdure_workflows
@@ -201,7 +202,7 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 DELETE FROM perdure_workers WHERE worker_id = :worker_id;
 
 -- name: history_length
-SELECT next_event_seq - 1 AS n FROM perdure_workflows WHERE run_id = :run_id;
+SELECT coalesce(max(seq), 0) AS n FROM perdure_history WHERE run_id = :run_id;
 
 -- name: merge_search_attributes
 UPDATE perdure_workflows SET search_attributes = json_patch(search_attributes, :patch)
@@ -223,7 +224,10 @@ WHERE namespace = :namespace AND workflow_id = :workflow_id AND kind = 'update'
   AND (run_id IS NULL OR run_id = :run_id);
 
 -- name: bump_seq
-UPDATE perdure_workflows SET next_event_seq = next_event_seq + 1
+-- From the history itself: a held run's row may trail it (see _sqlite_tx.FENCE_HELD_DUE).
+UPDATE perdure_workflows
+SET next_event_seq = (SELECT coalesce(max(seq), 0) + 2 FROM perdure_history
+                      WHERE run_id = :run_id)
 WHERE run_id = :run_id RETURNING next_event_seq - 1 AS seq;
 
 -- name: claim_activity_tasks

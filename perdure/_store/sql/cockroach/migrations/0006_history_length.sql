@@ -1,0 +1,3 @@
+-- Nothing to change here: SQLite's 0006 counts perdure_running.history_length from the
+-- history, because there a held run's row may trail it. Every step here moves the
+-- run's row with its history. The version keeps the dialects in step.
