@@ -292,8 +292,9 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
         if isinstance(pages, float) and isinstance(raw_pages, float):
             note += (
                 f"; each of its commits wrote {pages:.1f} pages to the WAL, the raw loop's "
-                f"{raw_pages:.1f} (a step writes its run's row and a history page, and on many "
-                "appends SQLite rebalances the history's B-tree leaves: three pages more)"
+                f"{raw_pages:.1f} (the raw loop: its row and its index entry; a W4 step: the "
+                "page its events go to, and on many appends SQLite rebalances the "
+                "history's B-tree leaves: three pages more)"
             )
         notes.append(note)
     return notes

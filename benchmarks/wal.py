@@ -2,8 +2,8 @@
 
 A SQLite commit in WAL mode appends one frame (a page and a 24-byte header) per page
 it changed, then fsyncs. The W4 note compares perdure's commits with the raw loop's:
-a sequential step must write at least two pages (the run's row and its history),
-while the single-row limit writes about two (its row and its index entry).
+a sequential step writes at least the history page its events go to, the single-row
+limit its row and its index entry.
 
 The file format (https://www.sqlite.org/fileformat.html#the_write_ahead_log): a
 32-byte header with the page size and two salts, then frames whose header holds the

@@ -142,21 +142,17 @@ class WorkflowContext:
         else:
             encoded = [to_jsonable(a, what=f"argument of activity {activity_type!r}") for a in args]
         activity_id = runner.new_id()
+        attributes: dict[str, Any] = {
+            "activity_id": activity_id,
+            "activity_type": activity_type,
+            "args": encoded,
+        }
+        attributes.update(options.scheduled_attributes())  # only the options set
         runner.issue(
             Command(
                 event_type=EventType.ACTIVITY_SCHEDULED,
                 name=name or activity_type,
-                attributes={
-                    "activity_id": activity_id,
-                    "activity_type": activity_type,
-                    "args": encoded,
-                    "task_queue": options.task_queue,
-                    # None: the executing worker's registered default applies
-                    "retry": options.retry.to_dict() if options.retry else None,
-                    "start_to_close_timeout": options.start_to_close_timeout,
-                    "schedule_to_close_timeout": options.schedule_to_close_timeout,
-                    "heartbeat_timeout": options.heartbeat_timeout,
-                },
+                attributes=attributes,
             )
         )
         fut: asyncio.Future[Any] = runner.loop.create_future()

@@ -52,8 +52,8 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
     assert all(s == "ok" for s in statuses.values()), statuses
     w4 = next(r for r in data["results"] if (r["system"], r["workload"]) == ("perdure", "W4"))
     assert w4["metrics"]["cpu_ms_per_step"] > 0
-    # a step writes at least its run's row and a history page
-    assert w4["metrics"]["wal_pages_per_commit"] >= 2
+    # a step writes at least the history page its events go to
+    assert w4["metrics"]["wal_pages_per_commit"] >= 1
     limit = next(r for r in data["results"] if r["system"] == "limit")
     assert limit["metrics"]["single_wal_pages_per_commit"] >= 1
     assert any("pages to the WAL" in n for n in data["notes"]), data["notes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -324,3 +325,77 @@ async def test_side_effect_random_uuid_are_recorded(app: perdure.App) -> None:
     assert result["token"] == "tok-123" and result["now_tz"] is True
     markers = [e for e in await handle.history() if e.event_type == "marker_recorded"]
     assert markers[0].attributes["value"] == "tok-123"
+
+
+async def test_the_scheduled_event_records_only_the_options_set(app: perdure.App) -> None:
+    @app.activity
+    async def plain(i: int) -> int:
+        return i
+
+    @app.activity(start_to_close_timeout="5s")
+    async def bounded(i: int) -> int:
+        return i
+
+    @app.workflow
+    async def options_wf(ctx: WorkflowContext) -> int:
+        total = await ctx.activity(plain, 1)
+        total += await ctx.activity(bounded, 2)
+        total += await ctx.activity(plain, 3, retry=RetryPolicy(maximum_attempts=2))
+        return int(total)
+
+    async with app.worker():
+        handle = await app.start_workflow(options_wf)
+        assert await handle.result(timeout=20) == 6
+    scheduled = [
+        e.attributes for e in await handle.history() if e.event_type == "activity_scheduled"
+    ]
+    assert {k: v for k, v in scheduled[0].items() if k != "activity_type"} == {
+        "activity_id": 1,
+        "args": [1],
+    }
+    assert {k: v for k, v in scheduled[1].items() if k != "activity_type"} == {
+        "activity_id": 2,
+        "args": [2],
+        "start_to_close_timeout": 5.0,
+    }
+    assert set(scheduled[2]) == {"activity_id", "activity_type", "args", "retry"}
+    assert scheduled[2]["retry"]["maximum_attempts"] == 2
+
+
+async def test_a_history_with_explicit_null_options_replays(app: perdure.App) -> None:
+    """Histories written before the options were left out when unset still replay."""
+    from perdure._worker._activities import PendingActivity
+    from perdure.testing import replay
+
+    @app.activity
+    async def plain(i: int) -> int:
+        return i
+
+    @app.workflow
+    async def nulls_wf(ctx: WorkflowContext) -> int:
+        return int(await ctx.activity(plain, 1))
+
+    async with app.worker():
+        handle = await app.start_workflow(nulls_wf)
+        assert await handle.result(timeout=20) == 1
+    history = await handle.history()
+    nulls = dict.fromkeys(
+        (
+            "task_queue",
+            "retry",
+            "start_to_close_timeout",
+            "schedule_to_close_timeout",
+            "heartbeat_timeout",
+        )
+    )
+    old = [
+        dataclasses.replace(e, attributes={**e.attributes, **nulls})
+        if e.event_type == "activity_scheduled"
+        else e
+        for e in history
+    ]
+    await replay(app, old)
+    scheduled = next(e for e in old if e.event_type == "activity_scheduled")
+    new = next(e for e in history if e.event_type == "activity_scheduled")
+    relaunched = PendingActivity.from_scheduled(scheduled.attributes, "plain", new.created_at)
+    assert relaunched == PendingActivity.from_scheduled(new.attributes, "plain", new.created_at)
