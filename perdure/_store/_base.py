@@ -263,13 +263,9 @@ class StepCommit:
     # The run itself, when this is its very first step taken by the starting process's
     # own worker: inserted in the same transaction (one commit for start + first step).
     start: NewRun | None = None
-    # The run row's next_event_seq as its holder last wrote (or, taking the run over,
-    # read) it; None: expected_seq. On SQLite a held run's row may trail its history
-    # (see ``row_kept``): the fence checks the row against this, the history's own
-    # primary key keeps the events in line. PostgreSQL's row never trails.
-    row_seq: int | None = None
     # Set by the store: the step appended to the history and left the run's row as it
-    # was (no lease extension either: the worker's lease loop renews it).
+    # was (SQLite, a run due before and after the step): the row's next_event_seq then
+    # trails the history, and the lease is as the worker's lease loop last renewed it.
     row_kept: bool = False
 
 

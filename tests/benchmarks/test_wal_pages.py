@@ -23,6 +23,14 @@ def _open(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _two_page_commits(conn: sqlite3.Connection, count: int) -> None:
+    for i in range(count):
+        conn.execute("BEGIN")
+        conn.execute("UPDATE a SET v = ? WHERE id = 1", (str(i),))
+        conn.execute("UPDATE b SET v = ? WHERE id = 1", (str(i),))
+        conn.execute("COMMIT")
+
+
 def test_one_page_per_commit(tmp_path: Path) -> None:
     path = tmp_path / "one.db"
     conn = _open(path)
@@ -35,11 +43,7 @@ def test_one_page_per_commit(tmp_path: Path) -> None:
 def test_commits_touching_two_tables_write_two(tmp_path: Path) -> None:
     path = tmp_path / "two.db"
     conn = _open(path)
-    for i in range(20):
-        conn.execute("BEGIN")
-        conn.execute("UPDATE a SET v = ? WHERE id = 1", (str(i),))
-        conn.execute("UPDATE b SET v = ? WHERE id = 1", (str(i),))
-        conn.execute("COMMIT")
+    _two_page_commits(conn, 20)
     # the first commit (one page) and twenty of two
     assert wal_pages_per_commit(path) == pytest.approx(41 / 21)
     conn.close()
@@ -48,11 +52,7 @@ def test_commits_touching_two_tables_write_two(tmp_path: Path) -> None:
 def test_frames_of_an_earlier_generation_are_not_counted(tmp_path: Path) -> None:
     path = tmp_path / "gen.db"
     conn = _open(path)
-    for i in range(30):
-        conn.execute("BEGIN")
-        conn.execute("UPDATE a SET v = ? WHERE id = 1", (str(i),))
-        conn.execute("UPDATE b SET v = ? WHERE id = 1", (str(i),))
-        conn.execute("COMMIT")
+    _two_page_commits(conn, 30)
     conn.execute("PRAGMA wal_checkpoint(RESTART)")
     for i in range(5):  # overwrites the start of the log; the two-page frames stay after
         conn.execute("UPDATE a SET v = ? WHERE id = 2", (str(i),))
