@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,31 +217,32 @@ LIMIT_ROWS = [
 ]
 
 
-def _with_limit(
-    results: Results, backend: str, workload: str
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """perdure's metrics of ``workload`` and the backend's limit, if both ran."""
-    mine = results.get("perdure", backend, workload)
-    limit = results.get("limit", backend, "L")
-    if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
-        return None
-    return mine.metrics, limit.metrics
+def _cpu_against_limit(
+    results: Results, backends: list[str], workload: str, cpu_key: str
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], float, float]]:
+    """(backend, perdure's metrics, the limit's, perdure's CPU, a raw commit's CPU) for
+    each backend where both ran and both CPU figures were measured."""
+    for backend in backends:
+        mine = results.get("perdure", backend, workload)
+        limit = results.get("limit", backend, "L")
+        if mine is None or limit is None or mine.status != "ok" or limit.status != "ok":
+            continue
+        cpu = mine.metrics.get(cpu_key)
+        commit_cpu = limit.metrics.get("single_cpu_ms")
+        if isinstance(cpu, float) and isinstance(commit_cpu, float):
+            yield backend, mine.metrics, limit.metrics, cpu, commit_cpu
 
 
 def w3_bound_notes(results: Results, backends: list[str]) -> list[str]:
     """W3 read the same way: its round trip is two commits (the start with the first
     step, then the close), with the engine's CPU around them."""
     notes = []
-    for backend in backends:
-        pair = _with_limit(results, backend, "W3")
-        if pair is None:
-            continue
-        mine, limit = pair
-        cpu = mine.get("cpu_ms_per_round_trip")
-        commit_cpu = limit.get("single_cpu_ms")
+    for backend, mine, limit, cpu, commit_cpu in _cpu_against_limit(
+        results, backends, "W3", "cpu_ms_per_round_trip"
+    ):
         p50 = mine.get("p50_ms")
         single = limit.get("single_p50_ms")
-        if not isinstance(cpu, float) or not isinstance(commit_cpu, float) or not p50 or not single:
+        if not p50 or not single:
             continue
         extra = max(0.0, cpu - 2 * commit_cpu)
         rate = rate_after_cpu(limit, extra / 2)
@@ -262,17 +264,11 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
     its commits: how much of the gap to the back-to-back limit is the CPU's own cost,
     and how much the engine's."""
     notes = []
-    for backend in backends:
-        pair = _with_limit(results, backend, "W4")
-        if pair is None:
-            continue
-        mine, limit = pair
-        cpu = mine.get("cpu_ms_per_step")
-        commit_cpu = limit.get("single_cpu_ms")
+    for backend, mine, limit, cpu, commit_cpu in _cpu_against_limit(
+        results, backends, "W4", "cpu_ms_per_step"
+    ):
         steps = mine.get("steps_per_s")
         back_to_back = limit.get("single_commits_per_s")
-        if not isinstance(cpu, float) or not isinstance(commit_cpu, float):
-            continue
         # The raw loop's own commit costs CPU too (SQLite's WAL writes, the driver):
         # what the engine adds is the rest.
         extra = max(0.0, cpu - commit_cpu)

@@ -317,6 +317,9 @@ def stepped_start(step: StepCommit) -> bool:
 # A step of a run that stays held does not assign ``owner`` (so the owner index is not
 # rewritten), and one that consumed no inbox row needs no json_each. A message that
 # arrived after the worker last read its inbox keeps the run due, as in fence_step.
+_HISTORY_ENDS_BEFORE = (
+    "NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = {run} AND h.seq >= {seq})"
+)
 _FENCE_HELD = """
 UPDATE perdure_workflows
 SET next_event_seq = ?1,
@@ -330,11 +333,13 @@ SET next_event_seq = ?1,
     END,
     lease_expires_at = ?3
 WHERE run_id = ?4 AND owner = ?5 AND status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = ?4 AND h.seq >= ?6)
+  AND {history_ends}
 """
-FENCE_HELD = _FENCE_HELD.format(consumed="")
+_HELD_HISTORY = _HISTORY_ENDS_BEFORE.format(run="?4", seq="?6")
+FENCE_HELD = _FENCE_HELD.format(consumed="", history_ends=_HELD_HISTORY)
 FENCE_HELD_CONSUMED = _FENCE_HELD.format(
-    consumed="\n                       AND i.inbox_id NOT IN (SELECT value FROM json_each(?7))"
+    consumed="\n                       AND i.inbox_id NOT IN (SELECT value FROM json_each(?7))",
+    history_ends=_HELD_HISTORY,
 )
 # A step of a held run that was due before it and is due after it (most steps: an
 # activity just scheduled makes the run due "now") writes its events and leaves the
@@ -344,10 +349,10 @@ FENCE_HELD_CONSUMED = _FENCE_HELD.format(
 # takes one writer at a time, so this check holds until the commit. It matches no row
 # when the run was not due before (or is fenced out): fence() then runs FENCE_HELD,
 # which decides. wake_at of a held run thus reads "due since".
-FENCE_HELD_DUE = """
+FENCE_HELD_DUE = f"""
 SELECT 1 FROM perdure_workflows
 WHERE run_id = ?1 AND owner = ?2 AND status = 'running' AND wake_at <= ?4
-  AND NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = ?1 AND h.seq >= ?3)
+  AND {_HISTORY_ENDS_BEFORE.format(run="?1", seq="?3")}
 """
 # close_run handing back the closed row (what after_close needs) instead of a SELECT.
 CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"

@@ -310,9 +310,6 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 -- name: delete_worker
 DELETE FROM perdure.workers WHERE worker_id = %(worker_id)s;
 
--- name: history_length
-SELECT next_event_seq - 1 AS n FROM perdure.workflows WHERE run_id = %(run_id)s;
-
 -- name: closed_runs
 SELECT run_id FROM perdure.workflows
 WHERE run_id = ANY(%(run_ids)s::text[]) AND status != 'running';

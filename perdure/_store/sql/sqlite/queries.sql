@@ -201,9 +201,6 @@ ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 -- name: delete_worker
 DELETE FROM perdure_workers WHERE worker_id = :worker_id;
 
--- name: history_length
-SELECT coalesce(max(seq), 0) AS n FROM perdure_history WHERE run_id = :run_id;
-
 -- name: merge_search_attributes
 UPDATE perdure_workflows SET search_attributes = json_patch(search_attributes, :patch)
 WHERE run_id = :run_id;
