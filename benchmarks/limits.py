@@ -9,6 +9,8 @@
   that follows work is slower than one that follows another commit (on this
   machine's virtual disk 0.23 -> 0.33 ms after 0.3 ms), so this is what a raw loop
   with an engine's CPU per step would reach: the bound W4 is read against.
+* the floor (``benchmarks/floor.py``): a bare asyncio loop doing only what every
+  sequential step of any engine does, with a fence and history rows like perdure's.
 
 SQLite: a temporary file in WAL mode with ``synchronous=FULL`` (perdure's default;
 ``synchronous=NORMAL`` for the separately labelled ``sqlite-normal`` backend), timed
@@ -28,10 +30,12 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.floor import postgres_floor, sqlite_floor
 from benchmarks.spec import Sizes
 from benchmarks.wal import wal_pages_per_commit
 
@@ -116,6 +120,7 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
         lambda i: conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (f"c{i}", PAYLOAD)),
         max(100, sizes.limit_single_commits // 3),
     )
+    floor = sqlite_floor(conn, sizes.limit_single_commits, run_id=f"floor-{uuid.uuid4()}")
     rows = [(f"b{i}", PAYLOAD) for i in range(_ROWS)]
     started = time.perf_counter()
     for _ in range(sizes.limit_batch_commits):
@@ -134,6 +139,7 @@ def sqlite_limits(path: str, sizes: Sizes, synchronous: str = "FULL") -> dict[st
         "batch_commits_per_s": batch_commits,
         "batch_rows_per_s": batch_commits * _ROWS,
         **after_cpu,
+        **floor,
         "how": f"sqlite3, WAL, synchronous={synchronous}",
     }
 
@@ -233,6 +239,7 @@ def postgres_limits(url: str, sizes: Sizes, pgbench: Path | None) -> dict[str, A
             lambda i: conn.execute("INSERT INTO t (k, v) VALUES (%s, %s)", (f"c{i}", PAYLOAD)),
             max(100, sizes.limit_single_commits // 3),
         )
+    floor = postgres_floor(url, sizes.limit_single_commits, run_id=f"floor-{uuid.uuid4()}")
     out: dict[str, Any] = {
         "single_commits_per_s": commits / seconds,
         "single_p50_ms": percentile(latencies, 0.5) * 1000,
@@ -242,6 +249,7 @@ def postgres_limits(url: str, sizes: Sizes, pgbench: Path | None) -> dict[str, A
         "batch_commits_per_s": batch / seconds,
         "batch1_rows_per_s": batch / seconds * _ROWS,
         **after_cpu,
+        **floor,
     }
     clients = 64
     if pgbench is not None:

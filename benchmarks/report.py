@@ -214,6 +214,8 @@ LIMIT_ROWS = [
         for us in CPU_GAPS_US
     ],
     ("after_cpu_300us_p50_ms", "single-row commit p50, 0.3 ms of CPU before each", "ms"),
+    ("floor_steps_per_s", "sequential steps/s, bare asyncio loop (floor.py)", "/s"),
+    ("floor_cpu_ms", "CPU per step, bare asyncio loop (floor.py)", "ms"),
 ]
 
 
@@ -283,6 +285,14 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
             f"{back_to_back:,.0f}/s (a commit that follows work is slower); perdure's "
             f"{steps:,.0f} steps/s are {steps / bound:.0%} of that"
         )
+        floor, floor_cpu = limit.get("floor_steps_per_s"), limit.get("floor_cpu_ms")
+        if isinstance(floor, float) and isinstance(floor_cpu, float):
+            note += (
+                f"; a bare asyncio loop doing only what every step of any engine does "
+                f"(benchmarks/floor.py) reaches {floor:,.0f}/s, "
+                f"{floor / back_to_back:.0%} of back-to-back, at {floor_cpu:.3f} ms of CPU "
+                f"a step: perdure's step costs {cpu / floor_cpu:.1f}x its CPU"
+            )
         pages = mine.get("wal_pages_per_commit")
         raw_pages = limit.get("single_wal_pages_per_commit")
         if isinstance(pages, float) and isinstance(raw_pages, float):

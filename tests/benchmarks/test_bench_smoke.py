@@ -44,6 +44,7 @@ def test_suite_prints_the_table(tmp_path: Path) -> None:
         assert workload in text
     assert "single-row commits/s" in text
     assert "0.3 ms of CPU before each" in text  # the limit after an engine's CPU per step
+    assert "bare asyncio loop" in text  # the floor under W4 (benchmarks/floor.py)
     assert "error" not in text and "timeout" not in text, text
     data = json.loads(out.read_text())
     statuses = {(r["system"], r["workload"]): r["status"] for r in data["results"]}
