@@ -356,6 +356,22 @@ WHERE run_id = ?1 AND owner = ?2 AND status = 'running' AND wake_at <= ?4
 """
 # close_run handing back the closed row (what after_close needs) instead of a SELECT.
 CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"
+# A run whose first step, in the same transaction, also ends it (a workflow that closes
+# without waiting, like W1's) is written closed at once, instead of inserted running and
+# then updated: that update takes the row out of three indexes it was just put in. The
+# unique index on running runs does not see a closed row, so the caller checks the id.
+INSERT_RUN_CLOSED = """
+INSERT INTO perdure_workflows (
+    run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
+    parent_workflow_id, parent_run_id, parent_close_policy, child_id,
+    search_attributes, memo, created_at, next_event_seq, result, error, closed_at
+) VALUES (
+    :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, :status, :input,
+    :parent_workflow_id, :parent_run_id, :parent_close_policy, :child_id,
+    :search_attributes, :memo, :created_at, :next_event_seq, :result, :error, :closed_at
+)
+RETURNING *
+"""
 APPEND_EVENT = (
     "INSERT INTO perdure_history (run_id, seq, event_type, name, attributes, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -368,12 +384,8 @@ def run_params(run: NewRun) -> dict[str, Any]:
 
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     run_id = step.run_id
-    fenced = step.row_kept = False
-    if step.start is not None:
-        fenced = stepped_start(step)
-        created_id, created = insert_run(conn, step.start, step if fenced else None)
-        if not created:
-            raise RunExists(created_id)
+    step.row_kept = False
+    fenced, closed = start_with_step(conn, step)
     if not fenced and fence(conn, step) != 1:
         raise StepRejected(run_id)
     events = step.events
@@ -399,7 +411,49 @@ def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     for reply_id, outcome in step.replies.items():
         insert_reply(conn, reply_id, run_id, outcome)
     if step.close is not None:
-        close_run(conn, step)
+        close_run(conn, step, closed)
+
+
+def start_with_step(conn: sqlite3.Connection, step: StepCommit) -> tuple[bool, sqlite3.Row | None]:
+    """Insert the run a step starts, if any: (whether its fence is passed already, the
+    row of a run that this step also closes, inserted closed)."""
+    if step.start is None:
+        return False, None
+    fenced = stepped_start(step)
+    closed = insert_closed_run(conn, step) if fenced else None
+    if closed is None:
+        created_id, created = insert_run(conn, step.start, step if fenced else None)
+        if not created:
+            raise RunExists(created_id)
+    return fenced, closed
+
+
+def insert_closed_run(conn: sqlite3.Connection, step: StepCommit) -> sqlite3.Row | None:
+    """The row of a run that its first step (``stepped_start``) also closes, inserted
+    closed; None when the general path must run (insert, then close): the run starts
+    children or sends messages (those look at it running), continues as new, or an id
+    policy other than the default's has a say, or its id is held by a running run."""
+    run, close = step.start, step.close
+    if (
+        run is None
+        or close is None
+        or step.children
+        or step.messages
+        or step.continue_as_new is not None
+        or run.id_reuse_policy != "allow_duplicate"
+    ):
+        return None
+    key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
+    if conn.execute(Q["running_run"], key).fetchone() is not None:
+        return None  # the conflict policy decides, in insert_run
+    params = run_params(run)
+    params["status"] = close.status
+    params["result"] = None if close.result is None else dumps(close.result)
+    params["error"] = None if close.error is None else dumps(close.error)
+    params["closed_at"] = fmt(utcnow())
+    params["next_event_seq"] = step.expected_seq + len(step.events)
+    row: sqlite3.Row = conn.execute(INSERT_RUN_CLOSED, params).fetchone()
+    return row
 
 
 def send_messages(conn: sqlite3.Connection, step: StepCommit) -> None:
@@ -464,10 +518,16 @@ def insert_tasks(conn: sqlite3.Connection, step: StepCommit) -> None:
     )
 
 
-def close_run(conn: sqlite3.Connection, step: StepCommit) -> None:
-    """The run ended in this step: close its row and tell whoever must know."""
+def close_run(
+    conn: sqlite3.Connection, step: StepCommit, closed: sqlite3.Row | None = None
+) -> None:
+    """The run ended in this step: close its row (unless it was inserted ``closed``) and
+    tell whoever must know."""
     close = step.close
     assert close is not None
+    if closed is not None:  # a run this step started: no children, no successor
+        after_close(conn, closed, close.status, close.result, close.error, had_children=False)
+        return
     row = conn.execute(
         CLOSE_RUN_RETURNING,
         {
