@@ -7,12 +7,12 @@ on running runs, so a running run of the same id still refuses it."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_store_kit import migrated_store, new_run, row_of
 
 import perdure
 from perdure import WorkflowAlreadyStartedError, WorkflowContext
@@ -20,22 +20,6 @@ from perdure._history import EventType, HistoryEvent
 from perdure._store import _sqlite_tx
 from perdure._store._base import NewRun, RunClose, RunExists, StepCommit, utcnow
 from perdure._store._sqlite import SQLiteStore
-
-
-def _new_run(workflow_id: str, *, owner: str | None = "w1", **options: Any) -> NewRun:
-    return NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=str(uuid.uuid4()),
-        workflow_type="t",
-        task_queue="q",
-        input=[1],
-        wake_at=utcnow(),
-        owner=owner,
-        lease_until=utcnow() + timedelta(seconds=30) if owner else None,
-        search_attributes={"tier": "gold"},
-        **options,
-    )
 
 
 def _closing_start(run: NewRun, close: RunClose) -> StepCommit:
@@ -69,11 +53,13 @@ def _closing_start(run: NewRun, close: RunClose) -> StepCommit:
     )
 
 
+def _gold_run(workflow_id: str, **options: Any) -> NewRun:
+    return new_run(workflow_id, search_attributes={"tier": "gold"}, **options)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(str(tmp_path / "s.db"))
-    await s.migrate()
-    return s
+    return await migrated_store(tmp_path / "s.db")
 
 
 @pytest.fixture(params=["closed-insert", "insert-then-close"])
@@ -82,16 +68,6 @@ def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "insert-then-close":
         monkeypatch.setattr(_sqlite_tx, "insert_closed_run", lambda conn, step: None)
     return str(request.param)
-
-
-def _row(store: SQLiteStore, run_id: str) -> dict[str, Any]:
-    conn = sqlite3.connect(store.db.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM perdure_workflows WHERE run_id = ?", (run_id,))
-        return dict(row.fetchone())
-    finally:
-        conn.close()
 
 
 _SAME = (
@@ -122,14 +98,14 @@ _SAME = (
 async def test_both_paths_leave_the_same_closed_row(
     store: SQLiteStore, start_path: str, close: RunClose
 ) -> None:
-    run = _new_run("wf-a")
+    run = _gold_run("wf-a")
     statements: list[str] = []
     await store.db.read(lambda conn: conn.set_trace_callback(statements.append))
     await store.commit_step(_closing_start(run, close))
     await store.db.read(lambda conn: conn.set_trace_callback(None))
     updates = [s for s in statements if s.lstrip().startswith("UPDATE")]
     assert bool(updates) == (start_path == "insert-then-close")
-    row = _row(store, run.run_id)
+    row = row_of(store, run.run_id)
     expected = {
         "status": close.status,
         "result": None if close.result is None else '{"n":1}',
@@ -147,20 +123,20 @@ async def test_both_paths_leave_the_same_closed_row(
     assert row["closed_at"] is not None
     assert [e.seq for e in await store.load_history(run.run_id)] == [1, 2]
     # Closed: the id is free for the next run, which may itself close at once.
-    again = _new_run("wf-a")
+    again = _gold_run("wf-a")
     await store.commit_step(_closing_start(again, close))
-    assert _row(store, again.run_id)["status"] == close.status
+    assert row_of(store, again.run_id)["status"] == close.status
     await store.close()
 
 
 async def test_a_running_run_of_the_id_still_refuses_it(store: SQLiteStore) -> None:
-    running = _new_run("wf-b", owner=None)
+    running = new_run("wf-b", owner=None)
     await store.start_run(running)
-    closing = _closing_start(_new_run("wf-b"), RunClose(status="completed", had_children=False))
+    closing = _closing_start(_gold_run("wf-b"), RunClose(status="completed", had_children=False))
     with pytest.raises(WorkflowAlreadyStartedError):
         await store.commit_step(closing)
     use_existing = _closing_start(
-        _new_run("wf-b", id_conflict_policy="use_existing"),
+        _gold_run("wf-b", id_conflict_policy="use_existing"),
         RunClose(status="completed", had_children=False),
     )
     with pytest.raises(RunExists):
@@ -179,8 +155,8 @@ async def test_a_running_run_of_the_id_still_refuses_it(store: SQLiteStore) -> N
 
 async def test_reject_duplicate_takes_the_general_path(store: SQLiteStore) -> None:
     close = RunClose(status="completed", result=1, had_children=False)
-    await store.commit_step(_closing_start(_new_run("wf-c"), close))
-    again = _new_run("wf-c", id_reuse_policy="reject_duplicate")
+    await store.commit_step(_closing_start(_gold_run("wf-c"), close))
+    again = _gold_run("wf-c", id_reuse_policy="reject_duplicate")
     with pytest.raises(WorkflowAlreadyStartedError):
         await store.commit_step(_closing_start(again, close))
     assert await store.load_history(again.run_id) == []

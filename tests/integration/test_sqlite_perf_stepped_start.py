@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sqlite_store_kit import migrated_store, new_run, row_of
 
 from perdure._history import EventType, HistoryEvent
 from perdure._store import _sqlite_tx
@@ -36,21 +35,6 @@ def _events(first: int, count: int) -> list[HistoryEvent]:
     ]
 
 
-def _new_run(workflow_id: str, *, owner: str | None = "w1", **options: Any) -> NewRun:
-    return NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=str(uuid.uuid4()),
-        workflow_type="t",
-        task_queue="q",
-        input=[1],
-        wake_at=utcnow(),
-        owner=owner,
-        lease_until=utcnow() + timedelta(seconds=30) if owner else None,
-        **options,
-    )
-
-
 def _start_step(run: NewRun, wake_at: datetime | None, lease: datetime) -> StepCommit:
     return StepCommit(
         namespace="default",
@@ -66,9 +50,7 @@ def _start_step(run: NewRun, wake_at: datetime | None, lease: datetime) -> StepC
 
 @pytest.fixture
 async def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(str(tmp_path / "s.db"))
-    await s.migrate()
-    return s
+    return await migrated_store(tmp_path / "s.db")
 
 
 @pytest.fixture(params=["stepped-insert", "insert-then-fence"])
@@ -80,20 +62,10 @@ def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     return str(request.param)
 
 
-def _row(store: SQLiteStore, run_id: str) -> dict[str, Any]:
-    conn = sqlite3.connect(store.db.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM perdure_workflows WHERE run_id = ?", (run_id,))
-        return dict(row.fetchone())
-    finally:
-        conn.close()
-
-
 async def test_the_started_run_is_written_once_as_its_first_step_leaves_it(
     store: SQLiteStore,
 ) -> None:
-    run = _new_run("wf-a")
+    run = new_run("wf-a")
     lease = utcnow() + timedelta(seconds=30)
     statements: list[str] = []
     await store.db.read(lambda conn: conn.set_trace_callback(statements.append))
@@ -103,7 +75,7 @@ async def test_the_started_run_is_written_once_as_its_first_step_leaves_it(
     record = await store.get_run("default", "wf-a")
     assert record is not None
     assert record.next_event_seq == 3 and record.owner == "w1" and record.wake_at == FAR
-    assert parse(_row(store, run.run_id)["lease_expires_at"]) == lease
+    assert parse(row_of(store, run.run_id)["lease_expires_at"]) == lease
     assert [e.seq for e in await store.load_history(run.run_id)] == [1, 2]
     # the fence holds for the next steps
     step = StepCommit(
@@ -127,7 +99,7 @@ async def test_the_started_run_is_written_once_as_its_first_step_leaves_it(
 async def test_a_message_left_for_the_workflow_id_makes_the_new_run_due_either_way(
     store: SQLiteStore,
 ) -> None:
-    old = _new_run("wf-b", owner=None)
+    old = new_run("wf-b", owner=None)
     await store.start_run(old)
     conn = sqlite3.connect(store.db.path)
     with conn:  # a signal by plain SQL, for the workflow id, to whichever run is running
@@ -136,23 +108,23 @@ async def test_a_message_left_for_the_workflow_id_makes_the_new_run_due_either_w
             " VALUES ('wf-b', 'signal', 'go', '[]')"
         )
     conn.close()
-    new = _new_run("wf-b", id_conflict_policy="terminate_existing")
+    new = new_run("wf-b", id_conflict_policy="terminate_existing")
     await store.commit_step(_start_step(new, FAR, utcnow() + timedelta(seconds=30)))
-    row = _row(store, new.run_id)
+    row = row_of(store, new.run_id)
     # the unread message is the new run's: it is due at once, not at its timer
     assert row["wake_at"] == "1970-01-01T00:00:00.000000Z"
     assert row["next_event_seq"] == 3 and row["owner"] == "w1"
-    assert _row(store, old.run_id)["status"] == "terminated"
+    assert row_of(store, old.run_id)["status"] == "terminated"
     await store.close()
 
 
 @pytest.mark.usefixtures("start_path")
 async def test_both_paths_leave_the_same_row(store: SQLiteStore) -> None:
-    run = _new_run("wf-c")
+    run = new_run("wf-c")
     wake = utcnow() + timedelta(minutes=5)
     lease = utcnow() + timedelta(seconds=30)
     await store.commit_step(_start_step(run, wake, lease))
-    row = _row(store, run.run_id)
+    row = row_of(store, run.run_id)
     assert {k: row[k] for k in ("status", "next_event_seq", "owner", "input")} == {
         "status": "running",
         "next_event_seq": 3,
@@ -164,9 +136,9 @@ async def test_both_paths_leave_the_same_row(store: SQLiteStore) -> None:
 
 
 async def test_a_refused_start_writes_nothing(store: SQLiteStore) -> None:
-    first = _new_run("wf-d", owner=None)
+    first = new_run("wf-d", owner=None)
     await store.start_run(first)
-    again = _new_run("wf-d", id_conflict_policy="use_existing")
+    again = new_run("wf-d", id_conflict_policy="use_existing")
     with pytest.raises(RunExists):
         await store.commit_step(_start_step(again, None, utcnow() + timedelta(seconds=30)))
     assert await store.load_history(first.run_id) == []
