@@ -23,6 +23,7 @@ from perdure._store._base import (
     ActivityProgress,
     InboxItem,
     NewRun,
+    RunClose,
     RunExists,
     RunRecord,
     ScheduleChange,
@@ -364,11 +365,13 @@ INSERT_RUN_CLOSED = """
 INSERT INTO perdure_workflows (
     run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
     parent_workflow_id, parent_run_id, parent_close_policy, child_id,
-    search_attributes, memo, created_at, next_event_seq, result, error, closed_at
+    search_attributes, memo, created_at, next_event_seq, result, error, closed_at,
+    continued_run_id
 ) VALUES (
     :run_id, :namespace, :workflow_id, :workflow_type, :task_queue, :status, :input,
     :parent_workflow_id, :parent_run_id, :parent_close_policy, :child_id,
-    :search_attributes, :memo, :created_at, :next_event_seq, :result, :error, :closed_at
+    :search_attributes, :memo, :created_at, :next_event_seq, :result, :error, :closed_at,
+    :continued_run_id
 )
 RETURNING *
 """
@@ -446,11 +449,7 @@ def insert_closed_run(conn: sqlite3.Connection, step: StepCommit) -> sqlite3.Row
     key = {"namespace": run.namespace, "workflow_id": run.workflow_id}
     if conn.execute(Q["running_run"], key).fetchone() is not None:
         return None  # the conflict policy decides, in insert_run
-    params = run_params(run)
-    params["status"] = close.status
-    params["result"] = None if close.result is None else dumps(close.result)
-    params["error"] = None if close.error is None else dumps(close.error)
-    params["closed_at"] = fmt(utcnow())
+    params = {**run_params(run), **close_params(close)}
     params["next_event_seq"] = step.expected_seq + len(step.events)
     row: sqlite3.Row = conn.execute(INSERT_RUN_CLOSED, params).fetchone()
     return row
@@ -518,6 +517,17 @@ def insert_tasks(conn: sqlite3.Connection, step: StepCommit) -> None:
     )
 
 
+def close_params(close: RunClose) -> dict[str, Any]:
+    """The closed row's columns, as close_run and INSERT_RUN_CLOSED write them."""
+    return {
+        "status": close.status,
+        "result": None if close.result is None else dumps(close.result),
+        "error": None if close.error is None else dumps(close.error),
+        "closed_at": fmt(utcnow()),
+        "continued_run_id": close.continued_run_id,
+    }
+
+
 def close_run(
     conn: sqlite3.Connection, step: StepCommit, closed: sqlite3.Row | None = None
 ) -> None:
@@ -529,15 +539,7 @@ def close_run(
         after_close(conn, closed, close.status, close.result, close.error, had_children=False)
         return
     row = conn.execute(
-        CLOSE_RUN_RETURNING,
-        {
-            "run_id": step.run_id,
-            "status": close.status,
-            "result": None if close.result is None else dumps(close.result),
-            "error": None if close.error is None else dumps(close.error),
-            "closed_at": fmt(utcnow()),
-            "continued_run_id": close.continued_run_id,
-        },
+        CLOSE_RUN_RETURNING, {"run_id": step.run_id, **close_params(close)}
     ).fetchall()[0]
     after_close(conn, row, close.status, close.result, close.error, had_children=close.had_children)
     if step.continue_as_new is not None:
