@@ -251,13 +251,26 @@ def w3_bound_notes(results: Results, backends: list[str]) -> list[str]:
         if rate is None:
             continue
         two = 2 / rate * 1000
-        notes.append(
+        note = (
             f"W3 ({backend}): a round trip is two commits and costs perdure's process "
             f"{cpu:.3f} ms of CPU, {extra:.3f} ms more than two raw single-row commits; two "
             f"raw commits with {extra / 2:.3f} ms of CPU before each take {two:.2f} ms, "
             f"{two / single:.1f}x the single-row commit p50 ({single:.3f} ms; the target is "
             f"3x); perdure's p50 is {p50:.2f} ms"
         )
+        store = mine.get("store_p50_ms")
+        if isinstance(store, float):
+            note += (
+                f"; the same two commits through perdure's store alone, with no worker and "
+                f"no workflow code (benchmarks/store_trip.py), have a p50 of {store:.2f} ms, "
+                f"{store / single:.1f}x the single-row p50"
+            )
+            if store > 3 * single:
+                note += (
+                    " (writing the run's row and history and then closing it costs more "
+                    "than the target before any engine code runs)"
+                )
+        notes.append(note)
     return notes
 
 
@@ -292,6 +305,14 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
                 f"(benchmarks/floor.py) reaches {floor:,.0f}/s, "
                 f"{floor / back_to_back:.0%} of back-to-back, at {floor_cpu:.3f} ms of CPU "
                 f"a step: perdure's step costs {cpu / floor_cpu:.1f}x its CPU"
+            )
+        store, store_cpu = mine.get("store_steps_per_s"), mine.get("store_cpu_ms_per_step")
+        if isinstance(store, float) and isinstance(store_cpu, float):
+            note += (
+                f"; the same steps through perdure's store alone, with no worker and no "
+                f"workflow code (benchmarks/store_trip.py), reach {store:,.0f}/s, "
+                f"{store / back_to_back:.0%} of back-to-back, at {store_cpu:.3f} ms of CPU "
+                "a step"
             )
         pages = mine.get("wal_pages_per_commit")
         raw_pages = limit.get("single_wal_pages_per_commit")

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import perdure
+from benchmarks import store_trip
 from benchmarks.common import (
     READY,
     WARM_UP,
@@ -151,8 +152,14 @@ async def w3(app: perdure.App, s: Sizes) -> dict[str, Any]:
             latencies.append(time.perf_counter() - started)
             tick(i + 1)
         cpu = time.process_time() - cpu
-    # As W4's: the report reads W3 against two raw commits with as much CPU around them.
-    return {**latency_metrics(latencies), "cpu_ms_per_round_trip": cpu / s.w3_round_trips * 1000}
+    # As W4's: the report reads W3 against two raw commits with as much CPU around them,
+    # and against the same two commits through perdure's store alone (no worker running).
+    store = await store_trip.store_round_trips(await app._get_store(), s.w3_round_trips)
+    return {
+        **latency_metrics(latencies),
+        "cpu_ms_per_round_trip": cpu / s.w3_round_trips * 1000,
+        **store,
+    }
 
 
 def latency_metrics(latencies: list[float]) -> dict[str, Any]:
@@ -174,6 +181,7 @@ async def w4(app: perdure.App, s: Sizes, url: str) -> dict[str, Any]:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         # Read before the worker's connection closes (the last close deletes the log).
         pages = wal_pages_per_commit(sqlite_path(url)) if url.startswith("sqlite") else None
+    store = await store_trip.store_steps(await app._get_store(), s.w4_steps)
     # The process's CPU per step (the database server's, on PostgreSQL, not included):
     # the report reads W4 against a raw commit loop spending as much between commits.
     metrics: dict[str, Any] = {
@@ -183,7 +191,7 @@ async def w4(app: perdure.App, s: Sizes, url: str) -> dict[str, Any]:
     }
     if pages is not None:
         metrics["wal_pages_per_commit"] = pages
-    return metrics
+    return {**metrics, **store}
 
 
 async def w5(app: perdure.App, s: Sizes) -> dict[str, Any]:
