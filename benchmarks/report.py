@@ -274,6 +274,24 @@ def w3_bound_notes(results: Results, backends: list[str]) -> list[str]:
     return notes
 
 
+_FLOOR = (
+    "a bare asyncio loop doing only what every step of any engine does "
+    "(benchmarks/floor.py) reaches"
+)
+_STORE_ALONE = (
+    "the same steps through perdure's store alone, with no worker and no workflow code "
+    "(benchmarks/store_trip.py), reach"
+)
+
+
+def _reaches(what: str, rate: float, cpu_ms: float, back_to_back: float) -> str:
+    """A loop read against the back-to-back limit: its rate, share and CPU a step."""
+    return (
+        f"; {what} {rate:,.0f}/s, {rate / back_to_back:.0%} of back-to-back, "
+        f"at {cpu_ms:.3f} ms of CPU a step"
+    )
+
+
 def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
     """W4 read against a raw commit loop that spends perdure's CPU per step between
     its commits: how much of the gap to the back-to-back limit is the CPU's own cost,
@@ -300,20 +318,11 @@ def w4_bound_notes(results: Results, backends: list[str]) -> list[str]:
         )
         floor, floor_cpu = limit.get("floor_steps_per_s"), limit.get("floor_cpu_ms")
         if isinstance(floor, float) and isinstance(floor_cpu, float):
-            note += (
-                f"; a bare asyncio loop doing only what every step of any engine does "
-                f"(benchmarks/floor.py) reaches {floor:,.0f}/s, "
-                f"{floor / back_to_back:.0%} of back-to-back, at {floor_cpu:.3f} ms of CPU "
-                f"a step: perdure's step costs {cpu / floor_cpu:.1f}x its CPU"
-            )
+            note += _reaches(_FLOOR, floor, floor_cpu, back_to_back)
+            note += f": perdure's step costs {cpu / floor_cpu:.1f}x its CPU"
         store, store_cpu = mine.get("store_steps_per_s"), mine.get("store_cpu_ms_per_step")
         if isinstance(store, float) and isinstance(store_cpu, float):
-            note += (
-                f"; the same steps through perdure's store alone, with no worker and no "
-                f"workflow code (benchmarks/store_trip.py), reach {store:,.0f}/s, "
-                f"{store / back_to_back:.0%} of back-to-back, at {store_cpu:.3f} ms of CPU "
-                "a step"
-            )
+            note += _reaches(_STORE_ALONE, store, store_cpu, back_to_back)
         pages = mine.get("wal_pages_per_commit")
         raw_pages = limit.get("single_wal_pages_per_commit")
         if isinstance(pages, float) and isinstance(raw_pages, float):

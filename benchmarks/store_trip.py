@@ -92,35 +92,37 @@ def start_step(run_id: str, workflow_id: str, args: list[Any]) -> StepCommit:
     )
 
 
-def activity_step(run_id: str, seq: int, activity_id: int) -> StepCommit:
-    """An activity's result, and the next activity the workflow asked for."""
-    now = utcnow()
+def _held_step(
+    run_id: str, seq: int, events: list[HistoryEvent], now: datetime, **rest: Any
+) -> StepCommit:
+    """A step of a run this worker holds, its lease renewed as the worker does."""
     return StepCommit(
         namespace=NAMESPACE,
         run_id=run_id,
         worker_id=WORKER,
         expected_seq=seq,
-        events=[_completed(seq, activity_id, now), _scheduled(seq + 1, activity_id + 1, now)],
-        wake_at=now,
+        events=events,
         lease_until=now + LEASE,
+        **rest,
     )
+
+
+def activity_step(run_id: str, seq: int, activity_id: int) -> StepCommit:
+    """An activity's result, and the next activity the workflow asked for."""
+    now = utcnow()
+    events = [_completed(seq, activity_id, now), _scheduled(seq + 1, activity_id + 1, now)]
+    return _held_step(run_id, seq, events, now, wake_at=now)
 
 
 def closing_step(run_id: str, seq: int, activity_id: int, result: Any) -> StepCommit:
     """The last activity's result, and the workflow's return."""
     now = utcnow()
-    return StepCommit(
-        namespace=NAMESPACE,
-        run_id=run_id,
-        worker_id=WORKER,
-        expected_seq=seq,
-        events=[
-            _completed(seq, activity_id, now),
-            _event(seq + 1, EventType.WORKFLOW_COMPLETED, None, {"result": result}, now),
-        ],
-        lease_until=now + LEASE,
-        close=RunClose(status="completed", result=result, had_children=False),
-    )
+    events = [
+        _completed(seq, activity_id, now),
+        _event(seq + 1, EventType.WORKFLOW_COMPLETED, None, {"result": result}, now),
+    ]
+    close = RunClose(status="completed", result=result, had_children=False)
+    return _held_step(run_id, seq, events, now, close=close)
 
 
 async def _round_trip(store: Store) -> None:
