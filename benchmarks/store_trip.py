@@ -16,6 +16,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from benchmarks.common import percentile
 from perdure._history import EventType, HistoryEvent
 from perdure._store._base import NewRun, RunClose, StepCommit, Store, utcnow
 
@@ -24,11 +25,6 @@ NAMESPACE = "default"
 WORKFLOW_TYPE = "steps"
 ACTIVITY_TYPE = "noop"
 LEASE = timedelta(seconds=30)  # the worker's default lease
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _event(
@@ -144,8 +140,8 @@ async def store_round_trips(store: Store, count: int, warm_up: int = 20) -> dict
         latencies.append(time.perf_counter() - started)
     cpu = time.process_time() - cpu
     return {
-        "store_p50_ms": _percentile(latencies, 0.5) * 1000,
-        "store_p99_ms": _percentile(latencies, 0.99) * 1000,
+        "store_p50_ms": percentile(latencies, 0.5) * 1000,
+        "store_p99_ms": percentile(latencies, 0.99) * 1000,
         "store_cpu_ms_per_round_trip": cpu / count * 1000,
     }
 
@@ -155,14 +151,17 @@ async def store_steps(store: Store, count: int, warm_up: int = 100) -> dict[str,
     ``warm_up`` untimed ones (its start and its closing step untimed too)."""
     run_id = str(uuid.uuid4())
     await store.commit_step(start_step(run_id, str(uuid.uuid4()), [count]))
-    seq, activity_id = 3, 1
-    for _ in range(warm_up):
-        await store.commit_step(activity_step(run_id, seq, activity_id))
-        seq, activity_id = seq + 2, activity_id + 1
+    activity_id = 1  # activity n finishes in the step at seq 2n + 1
+
+    async def steps(n: int) -> None:
+        nonlocal activity_id
+        for _ in range(n):
+            await store.commit_step(activity_step(run_id, 2 * activity_id + 1, activity_id))
+            activity_id += 1
+
+    await steps(warm_up)
     started, cpu = time.perf_counter(), time.process_time()
-    for _ in range(count):
-        await store.commit_step(activity_step(run_id, seq, activity_id))
-        seq, activity_id = seq + 2, activity_id + 1
+    await steps(count)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    await store.commit_step(closing_step(run_id, seq, activity_id, count))
+    await store.commit_step(closing_step(run_id, 2 * activity_id + 1, activity_id, count))
     return {"store_steps_per_s": count / elapsed, "store_cpu_ms_per_step": cpu / count * 1000}
