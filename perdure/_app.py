@@ -52,6 +52,11 @@ def check_workflow_id(workflow_id: str) -> str:
     return workflow_id
 
 
+def _expire(fut: asyncio.Future[RunClose | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class App:
     """Registry, client and worker factory for one database and namespace.
 
@@ -291,18 +296,22 @@ class App:
         Closes in this process wake waiters at once; closes elsewhere are found by
         one watcher that asks the database about every awaited run in one query.
         """
-        fut: asyncio.Future[RunClose | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[RunClose | None] = loop.create_future()
         waiters = self._close_waiters.setdefault(run_id, [])
         waiters.append(fut)
         if watch:
             self._watched.add(run_id)
             if self._watcher is None or self._watcher.done():
                 self._watcher = asyncio.create_task(self._watch_closes())
+        # The timeout settles the future itself (None): unlike asyncio.wait_for, no
+        # second future and callback between the close and this task, so the waiter
+        # wakes one turn of the event loop sooner.
+        expiry = loop.call_later(timeout, _expire, fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return None
+            return await fut
         finally:
+            expiry.cancel()
             if fut in waiters:
                 waiters.remove(fut)
             if not waiters:

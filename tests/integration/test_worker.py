@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 import perdure
 from perdure import RetryPolicy, WorkflowContext
 
@@ -319,3 +321,27 @@ async def test_finished_runs_leave_no_reference_cycles(app: perdure.App) -> None
             gc.garbage.clear()
             gc.enable()
     assert cyclic == []
+
+
+async def test_result_waits_that_time_out_or_are_cancelled_leave_nothing_behind(
+    app: perdure.App,
+) -> None:
+    @app.workflow
+    async def gated(ctx: WorkflowContext) -> str:
+        return str(await ctx.wait_for_signal("go"))
+
+    async with app.worker():
+        handle = await app.start_workflow(gated)
+        with pytest.raises(perdure.TimeoutError):
+            await handle.result(timeout=0.2)
+        waiting = asyncio.create_task(handle.result())
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert app._close_waiters == {}  # no future or timer left for either wait
+        both = [asyncio.create_task(handle.result(timeout=30)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        await handle.signal("go", "on")
+        assert await asyncio.gather(*both) == ["on", "on"]  # woken by the close, not a timer
+        assert app._close_waiters == {}
