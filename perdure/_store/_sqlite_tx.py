@@ -357,6 +357,18 @@ WHERE run_id = ?1 AND owner = ?2 AND status = 'running' AND wake_at <= ?4
 """
 # close_run handing back the closed row (what after_close needs) instead of a SELECT.
 CLOSE_RUN_RETURNING = Q["close_run"].rstrip().rstrip(";") + " RETURNING *"
+# The step that ends a held run, fenced and closed in one statement (``fences_by_closing``):
+# FENCE_HELD's conditions, close_run's columns. The fence's wake_at and lease would be
+# overwritten by the close at once; one UPDATE of the row instead of two.
+FENCE_AND_CLOSE = f"""
+UPDATE perdure_workflows
+SET next_event_seq = :next_event_seq, status = :status, result = :result, error = :error,
+    closed_at = :closed_at, continued_run_id = :continued_run_id, owner = NULL,
+    lease_expires_at = NULL, wake_at = NULL
+WHERE run_id = :run_id AND owner = :worker_id AND status = 'running'
+  AND {_HISTORY_ENDS_BEFORE.format(run=":run_id", seq=":expected_seq")}
+RETURNING *
+"""
 # A run whose first step, in the same transaction, also ends it (a workflow that closes
 # without waiting, like W1's) is written closed at once, instead of inserted running and
 # then updated: that update takes the row out of three indexes it was just put in. The
@@ -388,9 +400,7 @@ def run_params(run: NewRun) -> dict[str, Any]:
 def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
     run_id = step.run_id
     step.row_kept = False
-    fenced, closed = start_with_step(conn, step)
-    if not fenced and fence(conn, step) != 1:
-        raise StepRejected(run_id)
+    closed = start_or_fence(conn, step)
     events = step.events
     if len(events) == 1:
         conn.execute(APPEND_EVENT, event_row(run_id, events[0]))
@@ -415,6 +425,22 @@ def commit_step(conn: sqlite3.Connection, step: StepCommit) -> None:
         insert_reply(conn, reply_id, run_id, outcome)
     if step.close is not None:
         close_run(conn, step, closed)
+
+
+def start_or_fence(conn: sqlite3.Connection, step: StepCommit) -> sqlite3.Row | None:
+    """Insert the run the step starts, or pass the step's fence (``StepRejected`` if it
+    fails); the row of a run this step has closed already, if any."""
+    fenced, closed = start_with_step(conn, step)
+    if fenced:
+        return closed
+    if fences_by_closing(step):
+        closed = fence_and_close(conn, step)
+        if closed is None:
+            raise StepRejected(step.run_id)
+        return closed
+    if fence(conn, step) != 1:
+        raise StepRejected(step.run_id)
+    return None
 
 
 def start_with_step(conn: sqlite3.Connection, step: StepCommit) -> tuple[bool, sqlite3.Row | None]:
@@ -452,6 +478,32 @@ def insert_closed_run(conn: sqlite3.Connection, step: StepCommit) -> sqlite3.Row
     params = {**run_params(run), **close_params(close)}
     params["next_event_seq"] = step.expected_seq + len(step.events)
     row: sqlite3.Row = conn.execute(INSERT_RUN_CLOSED, params).fetchone()
+    return row
+
+
+def fences_by_closing(step: StepCommit) -> bool:
+    """A step that ends a run it did not start, and whose other writes do not look at the
+    run as running (children it starts and messages it sends do; so does a release and
+    a successor): its fence is the close itself (FENCE_AND_CLOSE)."""
+    return (
+        step.close is not None
+        and step.start is None
+        and not step.release
+        and not step.children
+        and not step.messages
+        and step.continue_as_new is None
+    )
+
+
+def fence_and_close(conn: sqlite3.Connection, step: StepCommit) -> sqlite3.Row | None:
+    """The closed row, or None if the fence fails (nothing written)."""
+    assert step.close is not None
+    params = close_params(step.close)
+    params["run_id"] = step.run_id
+    params["worker_id"] = step.worker_id
+    params["expected_seq"] = step.expected_seq
+    params["next_event_seq"] = step.expected_seq + len(step.events)
+    row: sqlite3.Row | None = conn.execute(FENCE_AND_CLOSE, params).fetchone()
     return row
 
 
@@ -531,12 +583,19 @@ def close_params(close: RunClose) -> dict[str, Any]:
 def close_run(
     conn: sqlite3.Connection, step: StepCommit, closed: sqlite3.Row | None = None
 ) -> None:
-    """The run ended in this step: close its row (unless it was inserted ``closed``) and
-    tell whoever must know."""
+    """The run ended in this step: close its row (unless it is ``closed`` already, by
+    INSERT_RUN_CLOSED or FENCE_AND_CLOSE) and tell whoever must know."""
     close = step.close
     assert close is not None
-    if closed is not None:  # a run this step started: no children, no successor
-        after_close(conn, closed, close.status, close.result, close.error, had_children=False)
+    if closed is not None:  # no successor (neither path takes one)
+        after_close(
+            conn,
+            closed,
+            close.status,
+            close.result,
+            close.error,
+            had_children=step.start is None and close.had_children,
+        )
         return
     row = conn.execute(
         CLOSE_RUN_RETURNING, {"run_id": step.run_id, **close_params(close)}
