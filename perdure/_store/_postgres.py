@@ -57,6 +57,8 @@ from perdure._store._postgres_db import (
 from perdure._store._postgres_tx import (
     Row,
     Statements,
+    closed_start_params,
+    closes_at_start,
     dumps,
     event_from_row,
     inbox_from_row,
@@ -65,6 +67,7 @@ from perdure._store._postgres_tx import (
     mergeable,
     mergeable_close,
     merged_close_params,
+    merged_closed_starts,
     merged_message_params,
     merged_start_params,
     merged_step_params,
@@ -133,10 +136,29 @@ class PostgresStore(Store):
         starts = StartMerge(
             self._start_query, RawQuery.parse(self.q["insert_runs"]), merged_start_params
         )
+        # Runs that their first step also ends, inserted closed (PostgreSQL): the one-run
+        # statement is the many-run one's text returning 1 instead of the position.
+        closed_many = self.q.get("insert_runs_closed")
+        self._closed_start_query: RawQuery | None = None
+        merges: tuple[Merge, ...] = (
+            (lean, closing, messages) if self.dialect == "postgres" else (lean, closing)
+        )
+        if self.dialect == "postgres" and closed_many is not None:
+            single = closed_many.rstrip().rstrip(";")
+            assert single.endswith("SELECT r.i FROM r JOIN ins ON ins.run_id = r.run_id")
+            single = single[: -len("r.i FROM r JOIN ins ON ins.run_id = r.run_id")] + "1 FROM ins"
+            self._closed_start_query = RawQuery.parse(single)
+            closed_starts = Merge(
+                self._closed_start_query,
+                RawQuery.parse(closed_many),
+                _every_run,
+                merged_closed_starts,
+            )
+            merges = (*merges, closed_starts)
         self._group = GroupCommit(
             self.db,
             prepare=_fresh_lease,
-            merges=(lean, closing, messages) if self.dialect == "postgres" else (lean, closing),
+            merges=merges,
             starts=starts,
             alone=self._alone_query,
             raw=self.dialect == "postgres",
@@ -411,6 +433,9 @@ class PostgresStore(Store):
             return
         # Most steps touch only their own run's rows: one statement, grouped with others;
         # a run's first step goes with its start (an insert that skips a taken id).
+        if self._closed_start_query is not None and closes_at_start(step):
+            await self._commit_closed_start(step, self._closed_start_query)
+            return
         params = plain_step_params(step)
         if step.lease_until is not None:  # counted from the commit, not the call (_claim)
             params["lease_ttl"] = step.lease_until - utcnow()
@@ -433,6 +458,17 @@ class PostgresStore(Store):
             await self._commit_in_transaction(step)
             return
         raise StepRejected(step.run_id)
+
+    async def _commit_closed_start(self, step: StepCommit, query: RawQuery) -> None:
+        """A run that its first step ends, inserted closed (``insert_runs_closed``); if its
+        workflow id is running or an update waits for it, the whole transaction decides."""
+        statement: Statement = (query, closed_start_params(step))
+        if self.settings.group_commit:
+            values = await self._group.submit(statement)
+        else:
+            values = await self.db.statement(partial(self._alone, [statement]))
+        if values[-1] != 1:
+            await self._commit_in_transaction(step)
 
     def _alone_query(self, query: RawQuery, params: dict[str, Any]) -> RawQuery:
         """The statement for a write that goes alone: a lean step with no task rows to add
@@ -710,6 +746,11 @@ def _fresh_lease(params: dict[str, Any]) -> dict[str, Any]:
 def emulating_cockroach() -> bool:
     """Tests only: run the CockroachDB code paths against a PostgreSQL server."""
     return os.environ.get("PERDURE_TEST_COCKROACH_EMULATION", "") not in ("", "0")
+
+
+def _every_run(params: dict[str, Any]) -> bool:
+    """Every closed start can go in ``insert_runs_closed``."""
+    return True
 
 
 def _any_message(params: dict[str, Any]) -> bool:

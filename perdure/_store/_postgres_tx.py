@@ -184,6 +184,48 @@ def is_plain(step: StepCommit) -> bool:
     )
 
 
+def closes_at_start(step: StepCommit) -> bool:
+    """A plain step that starts its run and also ends it (a workflow that returns without
+    waiting), of a run with no parent and no search attributes to merge: its run can be
+    inserted closed (``insert_runs_closed``)."""
+    start = step.start
+    return (
+        start is not None
+        and step.close is not None
+        and start.parent_run_id is None
+        and not step.search_attributes
+        and not step.new_tasks
+        and is_plain(step)
+    )
+
+
+def closed_start_params(step: StepCommit) -> dict[str, Any]:
+    """The parameters of ``insert_run_closed`` (one run of ``insert_runs_closed``); its
+    ``body`` is the run's JSON object without its position, for ``merged_closed_starts``."""
+    run, close = step.start, step.close
+    assert run is not None and close is not None
+    body = (
+        f'"run_id":{_text(run.run_id)},"namespace":{_text(run.namespace)},'
+        f'"workflow_id":{_text(run.workflow_id)},'
+        f'"workflow_type":{_text(run.workflow_type)},"task_queue":{_text(run.task_queue)},'
+        f'"input":{dumps(run.input)},"parent_close_policy":{_text(run.parent_close_policy)},'
+        f'"search_attributes":{dumps(run.search_attributes)},"memo":{dumps(run.memo)},'
+        f'"created_at":{_json_time(run.created_at or utcnow())},'
+        f'"next_event_seq":{step.expected_seq + len(step.events)},'
+        f'"status":{_text(close.status)},'
+        f'"result":{"null" if close.result is None else dumps(close.result)},'
+        f'"error":{"null" if close.error is None else dumps(close.error)},'
+        f'"closed_at":{_json_time(utcnow())},"events":{events_json(step.events)}'
+    )
+    return {"runs": f'[{{"i":0,{body}}}]', "body": body}
+
+
+def merged_closed_starts(starts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``insert_runs_closed``: many runs' ``closed_start_params``."""
+    parts = [f'{{"i":{i},{p["body"]}}}' for i, p in enumerate(starts)]
+    return {"runs": "[" + ",".join(parts) + "]"}
+
+
 def plain_start(run: NewRun) -> bool:
     """Whether a plain insert that skips a taken id decides this start (``start_insert``)."""
     return run.id_reuse_policy == "allow_duplicate" and run.id_conflict_policy in (

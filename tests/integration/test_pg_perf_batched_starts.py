@@ -1,6 +1,7 @@
 """PostgreSQL: the starts of runs whose first steps are committed together go as ONE
-statement (``insert_runs``), their first steps as another (``commit_steps_lean``, or
-``commit_steps_close`` for runs that end in their first step).
+statement (``insert_runs``), their first steps as another (``commit_steps_lean``); runs
+that end in their first step are inserted closed, start and step together, by ONE
+statement (``insert_runs_closed``).
 
 Pinned by counting the statements group commit sends (not by time). A start whose
 workflow id is taken inserts nothing and its step is not applied; the store then applies
@@ -88,8 +89,8 @@ async def test_starts_committed_together_are_one_statement(
         )
         # One transaction for the batch, plus the taken id's own (its id policy fails it).
         assert group.transactions - committed == 1
-        # insert_runs, then the steps: commit_steps_lean or commit_steps_close.
-        assert group.statements - before == 2
+        # insert_runs, then the steps (commit_steps_lean); or insert_runs_closed alone.
+        assert group.statements - before == (1 if close else 2)
         assert isinstance(outcomes[7], WorkflowAlreadyStartedError)
         assert all(o is None for k, o in enumerate(outcomes) if k != 7)
         for s in steps[:7] + steps[8:]:

@@ -21,6 +21,7 @@ POSTGRES_ONLY = {
     "insert_inbox_many",
     "insert_inbox_running",
     "insert_runs",
+    "insert_runs_closed",
     "latest_runs",
     "load_histories",
     "load_runs_tasks",

@@ -832,3 +832,47 @@ WITH s AS (
     SET run_id = excluded.run_id, outcome = excluded.outcome, created_at = excluded.created_at
 )
 SELECT i FROM fence;
+
+-- name: insert_runs_closed
+-- PostgreSQL only: runs whose first step, committed with their start, also ends them (a
+-- workflow that returns without waiting), inserted closed at once: one row version and
+-- the indexes of a closed run, instead of a running row (six index entries) updated
+-- closed in the same transaction (a new version, three more). Each applies only if no
+-- run of its workflow id is running and no update waits for it (then the caller runs
+-- the step's whole transaction, where the id policies and the updates are handled);
+-- runs with a parent never come here. Returns the position (i) of every run inserted.
+WITH r AS (
+    SELECT * FROM json_to_recordset(%(runs)s::json)
+        AS r(i integer, run_id text, namespace text, workflow_id text, workflow_type text,
+             task_queue text, input jsonb, parent_close_policy text,
+             search_attributes jsonb, memo jsonb, created_at timestamptz,
+             next_event_seq integer, status text, result jsonb, error jsonb,
+             closed_at timestamptz, events json)
+), ins AS (
+    INSERT INTO perdure.workflows (
+        run_id, namespace, workflow_id, workflow_type, task_queue, status, input,
+        parent_close_policy, search_attributes, memo, created_at, next_event_seq, result,
+        error, closed_at
+    )
+    SELECT r.run_id, r.namespace, r.workflow_id, r.workflow_type, r.task_queue, r.status,
+           r.input, r.parent_close_policy, r.search_attributes, r.memo, r.created_at,
+           r.next_event_seq, r.result, r.error, r.closed_at
+    FROM r
+    WHERE NOT EXISTS (SELECT 1 FROM perdure.workflows w
+                      WHERE w.namespace = r.namespace AND w.workflow_id = r.workflow_id
+                        AND w.status = 'running')
+      AND NOT EXISTS (SELECT 1 FROM perdure.inbox m
+                      WHERE m.namespace = r.namespace AND m.workflow_id = r.workflow_id
+                        AND m.kind = 'update')
+    ORDER BY r.i
+    ON CONFLICT DO NOTHING
+    RETURNING run_id
+), appended AS (
+    INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+    SELECT r.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
+    FROM r JOIN ins ON ins.run_id = r.run_id,
+         json_to_recordset(r.events)
+             AS e(seq integer, event_type text, name text, attributes json,
+                  created_at timestamptz)
+)
+SELECT r.i FROM r JOIN ins ON ins.run_id = r.run_id;
