@@ -130,7 +130,7 @@ class PostgresStore(Store):
         messages = Merge(
             self._message_query,
             RawQuery.parse(self.q["insert_inbox_many"]),
-            _any_message,
+            _every_write,
             merged_message_params,
         )
         starts = StartMerge(
@@ -138,23 +138,21 @@ class PostgresStore(Store):
         )
         # Runs that their first step also ends, inserted closed (PostgreSQL): the one-run
         # statement is the many-run one's text returning 1 instead of the position.
-        closed_many = self.q.get("insert_runs_closed")
         self._closed_start_query: RawQuery | None = None
-        merges: tuple[Merge, ...] = (
-            (lean, closing, messages) if self.dialect == "postgres" else (lean, closing)
-        )
-        if self.dialect == "postgres" and closed_many is not None:
-            single = closed_many.rstrip().rstrip(";")
-            assert single.endswith("SELECT r.i FROM r JOIN ins ON ins.run_id = r.run_id")
-            single = single[: -len("r.i FROM r JOIN ins ON ins.run_id = r.run_id")] + "1 FROM ins"
+        merges: tuple[Merge, ...] = (lean, closing)
+        if self.dialect == "postgres":
+            closed_many = self.q["insert_runs_closed"].rstrip().rstrip(";")
+            positions = "r.i FROM r JOIN ins ON ins.run_id = r.run_id"
+            assert closed_many.endswith(positions)
+            single = closed_many.removesuffix(positions) + "1 FROM ins"
             self._closed_start_query = RawQuery.parse(single)
             closed_starts = Merge(
                 self._closed_start_query,
                 RawQuery.parse(closed_many),
-                _every_run,
+                _every_write,
                 merged_closed_starts,
             )
-            merges = (*merges, closed_starts)
+            merges = (lean, closing, messages, closed_starts)
         self._group = GroupCommit(
             self.db,
             prepare=_fresh_lease,
@@ -748,13 +746,9 @@ def emulating_cockroach() -> bool:
     return os.environ.get("PERDURE_TEST_COCKROACH_EMULATION", "") not in ("", "0")
 
 
-def _every_run(params: dict[str, Any]) -> bool:
-    """Every closed start can go in ``insert_runs_closed``."""
-    return True
-
-
-def _any_message(params: dict[str, Any]) -> bool:
-    """Every message can go in ``insert_inbox_many``."""
+def _every_write(params: dict[str, Any]) -> bool:
+    """Every write of the kind can go in its ``many`` statement (messages in
+    ``insert_inbox_many``, closed starts in ``insert_runs_closed``)."""
     return True
 
 

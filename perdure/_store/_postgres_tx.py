@@ -185,9 +185,10 @@ def is_plain(step: StepCommit) -> bool:
 
 
 def closes_at_start(step: StepCommit) -> bool:
-    """A plain step that starts its run and also ends it (a workflow that returns without
-    waiting), of a run with no parent and no search attributes to merge: its run can be
-    inserted closed (``insert_runs_closed``)."""
+    """Of a plain step (``is_plain``, which the caller checked): it starts its run and
+    also ends it (a workflow that returns without waiting), a run with no parent and no
+    search attributes to merge, so the run can be inserted closed
+    (``insert_runs_closed``)."""
     start = step.start
     return (
         start is not None
@@ -195,7 +196,6 @@ def closes_at_start(step: StepCommit) -> bool:
         and start.parent_run_id is None
         and not step.search_attributes
         and not step.new_tasks
-        and is_plain(step)
     )
 
 
