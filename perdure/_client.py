@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from perdure._converter import from_jsonable, to_jsonable
+from perdure._durations import to_optional_seconds
 from perdure._errors import (
     CancelledError,
     UpdateFailedError,
@@ -38,6 +39,10 @@ class WorkflowStatus(StrEnum):
     TIMED_OUT = "timed_out"
 
 
+# Status text -> member by a dict lookup: calling the enum runs its Python __call__.
+_STATUS: dict[str, WorkflowStatus] = {s.value: s for s in WorkflowStatus}
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WorkflowDescription:
     """One run, as ``describe()`` and ``list_workflows()`` give it."""
@@ -63,7 +68,7 @@ class WorkflowDescription:
             run_id=rec.run_id,
             workflow_type=rec.workflow_type,
             task_queue=rec.task_queue,
-            status=WorkflowStatus(rec.status),
+            status=_STATUS[rec.status],
             created_at=rec.created_at,
             closed_at=rec.closed_at,
             parent_workflow_id=rec.parent_workflow_id,
@@ -110,8 +115,6 @@ class WorkflowHandle(Generic[R]):
 
     async def result(self, timeout: Any = None) -> R:
         """Wait for the run (following continue-as-new) to close; return or raise its outcome."""
-        from perdure._durations import to_optional_seconds
-
         seconds = to_optional_seconds(timeout, what="timeout")
         deadline = None if seconds is None else time.monotonic() + seconds
         run_id = self.run_id
@@ -120,14 +123,14 @@ class WorkflowHandle(Generic[R]):
             close = None if run_id is None else self.app._recent_closes.get(run_id)
             if close is not None:
                 # Closed lately by this process's worker (a closed run never changes).
-                current, status = str(run_id), WorkflowStatus(close.status)
+                current, status = str(run_id), _STATUS[close.status]
             elif run_id is not None and self.app._live_runner(run_id) is not None:
                 # This process's worker holds the run: it is running, and its close wakes
                 # us at once (no need to ask the database first).
                 current, status = run_id, WorkflowStatus.RUNNING
             else:
                 rec = await self._record(run_id)
-                current, status = rec.run_id, WorkflowStatus(rec.status)
+                current, status = rec.run_id, _STATUS[rec.status]
             if status == WorkflowStatus.RUNNING:
                 wait = 30.0  # woken by the close, here or (via the app's watcher) elsewhere
                 if deadline is not None:
@@ -144,7 +147,7 @@ class WorkflowHandle(Generic[R]):
                     continue
             if close is not None:
                 status, result, error, next_run = (
-                    WorkflowStatus(close.status),
+                    _STATUS[close.status],
                     close.result,
                     close.error,
                     close.continued_run_id,
@@ -202,8 +205,6 @@ class WorkflowHandle(Generic[R]):
         Raises ``UpdateRejectedError`` (unknown update, validator refused, run
         not running; nothing recorded) or ``UpdateFailedError`` (the handler raised).
         """
-        from perdure._durations import to_optional_seconds
-
         seconds = to_optional_seconds(timeout, what="timeout")
         update_id = str(uuid.uuid4())
         payload = [to_jsonable(a, what=f"argument of update {name!r}") for a in args]

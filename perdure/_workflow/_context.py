@@ -17,7 +17,6 @@ from perdure._durations import Duration, to_optional_seconds, to_seconds
 from perdure._history import Command, EventType
 from perdure._registry import ActivityDefinition, ActivityOptions, activity_definition
 from perdure._retry import RetryPolicy
-from perdure._workflow._runner import ContinueAsNew
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -28,6 +27,14 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NO_OPTIONS = ActivityOptions()
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``; ends the run and starts the next one."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__()
+        self.args_ = args
 
 
 class _WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

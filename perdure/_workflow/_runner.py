@@ -39,19 +39,12 @@ from perdure._history import (
     describe_event,
 )
 from perdure._registry import ActivityDefinition, Registry, WorkflowDefinition
+from perdure._workflow._context import ContinueAsNew, WorkflowContext
 from perdure._workflow._loop import DurableTimerHandle, WorkflowLoop
 
 
 class _Suspend(BaseException):
     """Stops workflow code without letting ``except Exception`` catch it."""
-
-
-class ContinueAsNew(BaseException):
-    """Raised by ``ctx.continue_as_new``; ends the run and starts the next one."""
-
-    def __init__(self, args: list[Any]) -> None:
-        super().__init__()
-        self.args_ = args
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -467,8 +460,6 @@ class WorkflowRunner:
 
     async def _run_main(self, raw_args: list[Any]) -> None:
         try:
-            from perdure._workflow._context import WorkflowContext
-
             args = self.defn.signature.decode_args(raw_args, kind="workflow")
             # Only the workflow's own code holds its context: a runner that kept it too
             # would form a cycle (context -> runner -> context) that outlives the run.
