@@ -69,13 +69,11 @@ def fmt(value: datetime) -> str:
 
 
 _ONE_SECOND = timedelta(seconds=1)
-_NEVER = datetime.min.replace(tzinfo=UTC)
-# The whole-second parts of the last two seconds formatted (a step's now and its lease
-# end are two): ([start, end) of the second, its text), most recent first.
-_seconds: tuple[tuple[datetime, datetime, str], tuple[datetime, datetime, str]] = (
-    (_NEVER, _NEVER, ""),
-    (_NEVER, _NEVER, ""),
-)
+# The whole-second parts of the last four seconds formatted, most recent first:
+# ([start, end) of the second, its text). A step's now and its lease end are two; a
+# burst that crosses a second boundary has the seconds on both sides of it in flight
+# (starts stamped in one, steps in the next), four in all: two slots thrashed there.
+_seconds: tuple[tuple[datetime, datetime, str], ...] = ()
 
 
 def fmt_once(value: datetime) -> str:
@@ -86,16 +84,16 @@ def fmt_once(value: datetime) -> str:
     """
     global _seconds
     utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-    last, other = _seconds
-    if last[0] <= utc < last[1]:
-        text = last[2]
-    elif other[0] <= utc < other[1]:
-        text = other[2]
+    for cached in _seconds:
+        if cached[0] <= utc < cached[1]:
+            text = cached[2]
+            break
     else:
         start = utc.replace(microsecond=0)
         text = start.isoformat(timespec="seconds")[:-6]  # drop "+00:00"
         # (The last second of year 9999 has no end to cache: it is formatted each time.)
-        _seconds = ((start, start + _ONE_SECOND if start.year < 9999 else start, text), last)
+        end = start + _ONE_SECOND if start.year < 9999 else start
+        _seconds = ((start, end, text), *_seconds[:3])
     return f"{text}.{utc.microsecond:06d}Z"
 
 
