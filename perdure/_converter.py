@@ -174,7 +174,8 @@ class Signature:
                 name = self.params[i].name if i < len(self.params) else f"#{i}"
                 what = f"argument {name!r} of {kind} {self.name!r}"
                 raise _not_serializable(value, what, exc) from None
-        check_size(out, what=f"the arguments of {kind} {self.name!r}")
+        if not _obviously_small(out):  # (the message costs more than the check)
+            check_size(out, what=f"the arguments of {kind} {self.name!r}")
         return out
 
     def decode_args(self, args: Sequence[Any], *, kind: str) -> list[Any]:
