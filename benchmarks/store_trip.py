@@ -28,7 +28,7 @@ LEASE = timedelta(seconds=30)  # the worker's default lease
 
 
 def _event(
-    seq: int, event_type: EventType, name: str | None, attrs: dict[str, Any], now: datetime
+    seq: int, event_type: str, name: str | None, attrs: dict[str, Any], now: datetime
 ) -> HistoryEvent:
     return HistoryEvent(seq=seq, event_type=event_type, name=name, attributes=attrs, created_at=now)
 

@@ -11,34 +11,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 
-class EventType(StrEnum):
-    WORKFLOW_STARTED = "workflow_started"
-    ACTIVITY_SCHEDULED = "activity_scheduled"
-    ACTIVITY_COMPLETED = "activity_completed"
-    ACTIVITY_FAILED = "activity_failed"
-    ACTIVITY_TIMED_OUT = "activity_timed_out"
-    ACTIVITY_CANCELED = "activity_canceled"
-    TIMER_STARTED = "timer_started"
-    TIMER_FIRED = "timer_fired"
-    TIMER_CANCELED = "timer_canceled"
-    SIGNAL_RECEIVED = "signal_received"
-    UPDATE_ACCEPTED = "update_accepted"
-    UPDATE_COMPLETED = "update_completed"
-    CHILD_STARTED = "child_started"
-    CHILD_COMPLETED = "child_completed"
-    CHILD_FAILED = "child_failed"
-    MARKER_RECORDED = "marker_recorded"
-    SEARCH_ATTRIBUTES_UPSERTED = "search_attributes_upserted"
-    CANCEL_REQUESTED = "cancel_requested"
-    WORKFLOW_COMPLETED = "workflow_completed"
-    WORKFLOW_FAILED = "workflow_failed"
-    WORKFLOW_CANCELED = "workflow_canceled"
-    WORKFLOW_TERMINATED = "workflow_terminated"
-    WORKFLOW_CONTINUED_AS_NEW = "workflow_continued_as_new"
+class EventType:
+    """The event types, as the history's ``event_type`` column holds them.
+
+    Plain strings, not an enum: in Python 3.11 every ``EventType.X`` of an enum goes
+    through its metaclass's ``__getattr__`` hook (the hot path names several a step),
+    and ``sqlite3`` binds a ``str`` subclass by a slower adaptation path.
+    """
+
+    WORKFLOW_STARTED: Final = "workflow_started"
+    ACTIVITY_SCHEDULED: Final = "activity_scheduled"
+    ACTIVITY_COMPLETED: Final = "activity_completed"
+    ACTIVITY_FAILED: Final = "activity_failed"
+    ACTIVITY_TIMED_OUT: Final = "activity_timed_out"
+    ACTIVITY_CANCELED: Final = "activity_canceled"
+    TIMER_STARTED: Final = "timer_started"
+    TIMER_FIRED: Final = "timer_fired"
+    TIMER_CANCELED: Final = "timer_canceled"
+    SIGNAL_RECEIVED: Final = "signal_received"
+    UPDATE_ACCEPTED: Final = "update_accepted"
+    UPDATE_COMPLETED: Final = "update_completed"
+    CHILD_STARTED: Final = "child_started"
+    CHILD_COMPLETED: Final = "child_completed"
+    CHILD_FAILED: Final = "child_failed"
+    MARKER_RECORDED: Final = "marker_recorded"
+    SEARCH_ATTRIBUTES_UPSERTED: Final = "search_attributes_upserted"
+    CANCEL_REQUESTED: Final = "cancel_requested"
+    WORKFLOW_COMPLETED: Final = "workflow_completed"
+    WORKFLOW_FAILED: Final = "workflow_failed"
+    WORKFLOW_CANCELED: Final = "workflow_canceled"
+    WORKFLOW_TERMINATED: Final = "workflow_terminated"
+    WORKFLOW_CONTINUED_AS_NEW: Final = "workflow_continued_as_new"
 
 
 COMMAND_EVENTS = frozenset(

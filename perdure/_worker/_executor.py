@@ -58,10 +58,10 @@ class ActivityExecution:
     def _kick(self, run: HeldRun) -> None:
         raise NotImplementedError
 
-    def _step_here(self, run: HeldRun) -> bool:
+    def _step_here(self, run: HeldRun, task: asyncio.Task[Any] | None) -> bool:
         raise NotImplementedError
 
-    def _handed_over(self, run: HeldRun) -> PendingActivity | None:
+    def _handed_over(self, run: HeldRun, task: asyncio.Task[Any] | None) -> PendingActivity | None:
         raise NotImplementedError
 
     async def _drain(self, run: HeldRun) -> None:
@@ -206,6 +206,7 @@ class ActivityExecution:
     async def _run_activity(self, run: HeldRun, act: PendingActivity) -> None:
         """Run ``act`` to its end; then, in this same task, its run's step and the next
         activity that step hands over (one coroutine, not a chain, per step)."""
+        me = asyncio.current_task()
         try:
             while not run.closed:
                 now = self.clock.now()
@@ -259,12 +260,12 @@ class ActivityExecution:
                     )
                     act.has_row = True
                     continue
-                if not self._step_here(run):
+                if not self._step_here(run, me):
                     return
                 try:
                     await self._drain(run)
                 finally:
-                    next_act = self._handed_over(run)
+                    next_act = self._handed_over(run, me)
                 if next_act is None:
                     return
                 act = next_act

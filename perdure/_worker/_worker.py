@@ -79,6 +79,10 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
+_RUNNING = WorkerState.RUNNING  # read per activity and per start: an enum's class
+# attribute goes through its metaclass's __getattr__ hook in Python 3.11
+
+
 class Worker(ActivityExecution):
     """Runs workflows and activities of one App. Use ``async with app.worker(...)``."""
 
@@ -213,7 +217,7 @@ class Worker(ActivityExecution):
             self.state = WorkerState.STOPPED
 
     def _running(self) -> bool:
-        return self.state == WorkerState.RUNNING
+        return self.state is _RUNNING
 
     def _stopped(self) -> bool:
         return self.state == WorkerState.STOPPED
@@ -409,7 +413,7 @@ class Worker(ActivityExecution):
 
     def can_adopt(self, run: NewRun) -> bool:
         return (
-            self.state == WorkerState.RUNNING
+            self.state is _RUNNING
             and run.task_queue in self.task_queues
             and run.workflow_type in self.app._registry.workflows
             and len(self.runs) + len(self._adopting) < self.max_concurrent_workflows
@@ -635,7 +639,7 @@ class Worker(ActivityExecution):
         if run.needs_drain():
             run.drain_task = asyncio.create_task(self._drain(run))
 
-    def _step_here(self, run: HeldRun) -> bool:
+    def _step_here(self, run: HeldRun, task: asyncio.Task[Any] | None) -> bool:
         """``_kick`` from a task that has nothing left to do (a finished activity's).
 
         True: that task is now the run's drain; it runs ``_drain`` itself, then
@@ -646,13 +650,12 @@ class Worker(ActivityExecution):
         run.last_used = asyncio.get_running_loop().time()
         if not run.needs_drain():
             return False
-        run.drain_task = asyncio.current_task()
+        run.drain_task = task  # the calling task (asked once per task, not per step)
         run.takes_handoff = True
         return True
 
-    def _handed_over(self, run: HeldRun) -> PendingActivity | None:
+    def _handed_over(self, run: HeldRun, task: asyncio.Task[Any] | None) -> PendingActivity | None:
         """After the drain of ``_step_here``: the activity this task runs next, if any."""
-        task = asyncio.current_task()
         run.takes_handoff = False
         if run.drain_task is task:
             run.drain_task = None  # this task now runs an activity, not the run's steps

@@ -22,7 +22,7 @@ from perdure._store._sqlite import SQLiteStore
 CLOSE = RunClose(status="completed", result={"n": 1}, had_children=False)
 
 
-def _event(seq: int, event_type: EventType = EventType.TIMER_FIRED) -> HistoryEvent:
+def _event(seq: int, event_type: str = EventType.TIMER_FIRED) -> HistoryEvent:
     return HistoryEvent(
         seq=seq, event_type=event_type, name=None, attributes={"timer_id": seq}, created_at=utcnow()
     )
