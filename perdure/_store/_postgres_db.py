@@ -29,6 +29,7 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from perdure._store._queries import load_queries
+from perdure._store._times import iso
 from perdure._store._turns import Turns, nothing_else_ready
 
 log = logging.getLogger("perdure.store")
@@ -613,7 +614,7 @@ def encode_param(value: Any) -> bytes | None:
     if encode is not None:
         return encode(value)
     if isinstance(value, datetime):
-        return value.isoformat().encode()
+        return iso(value).encode()
     if isinstance(value, list):  # text[] (run ids): an array literal
         return ("{" + ",".join(_array_item(v) for v in value) + "}").encode()
     if isinstance(value, str):
@@ -635,7 +636,7 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     str: str.encode,
     bool: lambda value: b"t" if value else b"f",
     int: lambda value: b"%d" % value,
-    datetime: lambda value: value.isoformat().encode(),
+    datetime: lambda value: iso(value).encode(),
 }
 
 

@@ -36,6 +36,7 @@ from perdure._store._base import (
     utcnow,
 )
 from perdure._store._postgres_db import Conn
+from perdure._store._times import iso
 
 Row = dict[str, Any]
 
@@ -291,7 +292,7 @@ def events_json(events: list[HistoryEvent]) -> str:
                 "event_type": str(e.event_type),
                 "name": e.name,
                 "attributes": e.attributes,
-                "created_at": e.created_at.isoformat(),
+                "created_at": iso(e.created_at),
             }
             for e in events
         ]
@@ -319,8 +320,8 @@ def plain_step_params(step: StepCommit) -> dict[str, Any]:
                     "label": t.label,
                     "args": t.args,
                     "options": t.options,
-                    "scheduled_at": t.scheduled_at.isoformat(),
-                    "visible_at": t.visible_at.isoformat(),
+                    "scheduled_at": iso(t.scheduled_at),
+                    "visible_at": iso(t.visible_at),
                 }
                 for t in step.new_tasks
             ]
@@ -347,7 +348,7 @@ def _int(value: int | None) -> str:
 
 
 def _json_time(value: datetime | None) -> str:
-    return "null" if value is None else f'"{value.isoformat()}"'
+    return "null" if value is None else f'"{iso(value)}"'
 
 
 def mergeable(params: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pydantic_core
@@ -34,7 +34,7 @@ from perdure._store._base import (
     utcnow,
 )
 from perdure._store._queries import load_queries
-from perdure._store._times import parse, parse_opt
+from perdure._store._times import parse, parse_opt, whole_second
 
 Q = load_queries("sqlite")
 
@@ -68,33 +68,10 @@ def fmt(value: datetime) -> str:
     return text
 
 
-_ONE_SECOND = timedelta(seconds=1)
-# The whole-second parts of the last four seconds formatted, most recent first:
-# ([start, end) of the second, its text). A step's now and its lease end are two; a
-# burst that crosses a second boundary has the seconds on both sides of it in flight
-# (starts stamped in one, steps in the next), four in all: two slots thrashed there.
-_seconds: tuple[tuple[datetime, datetime, str], ...] = ()
-
-
 def fmt_once(value: datetime) -> str:
-    """``fmt`` for a time no other column of the step shares (keeps the cache for ``now``).
-
-    The date and time up to the second are formatted once per second (the times of
-    steps close together share them): only the microseconds are formatted each time.
-    """
-    global _seconds
+    """``fmt`` for a time no other column of the step shares (keeps the cache for ``now``)."""
     utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-    for cached in _seconds:
-        if cached[0] <= utc < cached[1]:
-            text = cached[2]
-            break
-    else:
-        start = utc.replace(microsecond=0)
-        text = start.isoformat(timespec="seconds")[:-6]  # drop "+00:00"
-        # (The last second of year 9999 has no end to cache: it is formatted each time.)
-        end = start + _ONE_SECOND if start.year < 9999 else start
-        _seconds = ((start, end, text), *_seconds[:3])
-    return f"{text}.{utc.microsecond:06d}Z"
+    return f"{whole_second(utc)}.{utc.microsecond:06d}Z"
 
 
 def fmt_opt(value: datetime | None) -> str | None:

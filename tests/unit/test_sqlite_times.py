@@ -48,7 +48,7 @@ def test_edges_and_other_offsets() -> None:
 def test_a_burst_across_a_second_edge_keeps_its_four_seconds_cached() -> None:
     """Starts stamped just before a second's edge and steps just after it, each with a
     lease 30 s on: four seconds in flight, formatted correctly and each once."""
-    from perdure._store import _sqlite_tx
+    from perdure._store import _times
 
     edge = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
     seconds = [edge - timedelta(microseconds=10), edge, edge + timedelta(seconds=29), edge]
@@ -57,5 +57,5 @@ def test_a_burst_across_a_second_edge_keeps_its_four_seconds_cached() -> None:
         for value in seconds:
             value += timedelta(microseconds=i)
             assert fmt_once(value) == reference(value)
-    cached = {start for start, _, _ in _sqlite_tx._seconds}
+    cached = {start for start, _, _ in _times._seconds}
     assert cached == {v.replace(microsecond=0) for v in seconds}
