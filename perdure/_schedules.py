@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -295,8 +296,6 @@ async def fire_due_schedules(worker: Worker, *, limit: int = 100) -> int:
     per schedule, its row claimed so that two workers never fire it at the same moment.
     Returns how many runs were started.
     """
-    import time
-
     moment = time.monotonic()
     if moment - _last_check.get(worker, -math.inf) < min(worker.poll_interval, 1.0):
         return 0

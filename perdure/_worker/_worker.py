@@ -28,6 +28,7 @@ from perdure._errors import (
     failure_to_dict,
 )
 from perdure._history import EventType, HistoryEvent
+from perdure._schedules import fire_due_schedules
 from perdure._store._base import (
     InboxItem,
     NewRun,
@@ -251,9 +252,7 @@ class Worker(ActivityExecution):
                 pass
 
     async def _fire_schedules(self) -> None:
-        from perdure._schedules import fire_due_schedules  # schedules live in their own module
-
-        await fire_due_schedules(self)
+        await fire_due_schedules(self)  # schedules live in their own module
 
     @property
     def _lease_margin(self) -> float:
