@@ -43,6 +43,12 @@ class WorkflowStatus(StrEnum):
 _STATUS: dict[str, WorkflowStatus] = {s.value: s for s in WorkflowStatus}
 
 
+def _status(text: str) -> WorkflowStatus:
+    """The member for a status text; an unknown one (a row edited by hand) raises the
+    enum's own ``ValueError``, which names it."""
+    return _STATUS.get(text) or WorkflowStatus(text)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class WorkflowDescription:
     """One run, as ``describe()`` and ``list_workflows()`` give it."""
@@ -68,7 +74,7 @@ class WorkflowDescription:
             run_id=rec.run_id,
             workflow_type=rec.workflow_type,
             task_queue=rec.task_queue,
-            status=_STATUS[rec.status],
+            status=_status(rec.status),
             created_at=rec.created_at,
             closed_at=rec.closed_at,
             parent_workflow_id=rec.parent_workflow_id,
@@ -123,14 +129,14 @@ class WorkflowHandle(Generic[R]):
             close = None if run_id is None else self.app._recent_closes.get(run_id)
             if close is not None:
                 # Closed lately by this process's worker (a closed run never changes).
-                current, status = str(run_id), _STATUS[close.status]
+                current, status = str(run_id), _status(close.status)
             elif run_id is not None and self.app._live_runner(run_id) is not None:
                 # This process's worker holds the run: it is running, and its close wakes
                 # us at once (no need to ask the database first).
                 current, status = run_id, WorkflowStatus.RUNNING
             else:
                 rec = await self._record(run_id)
-                current, status = rec.run_id, _STATUS[rec.status]
+                current, status = rec.run_id, _status(rec.status)
             if status == WorkflowStatus.RUNNING:
                 wait = 30.0  # woken by the close, here or (via the app's watcher) elsewhere
                 if deadline is not None:
@@ -147,7 +153,7 @@ class WorkflowHandle(Generic[R]):
                     continue
             if close is not None:
                 status, result, error, next_run = (
-                    _STATUS[close.status],
+                    _status(close.status),
                     close.result,
                     close.error,
                     close.continued_run_id,
