@@ -160,7 +160,7 @@ def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "seq": event.seq,
-        "event_type": str(event.event_type),
+        "event_type": event.event_type,
         "name": event.name,
         "attributes": dumps(event.attributes),
         "created_at": event.created_at,
@@ -289,7 +289,7 @@ def events_json(events: list[HistoryEvent]) -> str:
         [
             {
                 "seq": e.seq,
-                "event_type": str(e.event_type),
+                "event_type": e.event_type,
                 "name": e.name,
                 "attributes": e.attributes,
                 "created_at": iso(e.created_at),

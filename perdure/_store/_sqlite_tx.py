@@ -164,7 +164,7 @@ def event_params(run_id: str, event: HistoryEvent) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "seq": event.seq,
-        "event_type": str(event.event_type),
+        "event_type": event.event_type,
         "name": event.name,
         "attributes": dumps(event.attributes),
         "created_at": fmt(event.created_at),
@@ -585,7 +585,7 @@ def event_row(run_id: str, event: HistoryEvent) -> tuple[Any, ...]:
     return (
         run_id,
         event.seq,
-        str(event.event_type),
+        event.event_type,
         event.name,
         dumps(event.attributes),
         fmt(event.created_at),
