@@ -53,6 +53,7 @@ from perdure._store._postgres_db import (
     in_schema,
     parse_url,
     pipelined,
+    text_array,
 )
 from perdure._store._postgres_tx import (
     Row,
@@ -331,7 +332,7 @@ class PostgresStore(Store):
         return run_from_row(rows[0]) if rows else None
 
     async def closed_runs(self, run_ids: list[str]) -> set[str]:
-        rows = await self._all(self.q["closed_runs"], {"run_ids": run_ids})
+        rows = await self._all(self.q["closed_runs"], {"run_ids": text_array(run_ids)})
         return {r["run_id"] for r in rows}
 
     async def list_runs(self, flt: ListFilter) -> list[RunRecord]:
