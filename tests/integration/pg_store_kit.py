@@ -1,8 +1,8 @@
 """What the PostgreSQL store tests build their runs and steps from.
 
 A migrated store on a fresh database, runs of one workflow type on queue ``q``, a claimed
-run, a step that appends one marker event, many held runs inserted at once, and a count
-of the store's pooled reads.
+run, a start committed with its first step, a step that appends one marker event, many
+held runs inserted at once, and a count of the store's pooled reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pgserver import Databases
 
 from perdure._history import EventType, HistoryEvent
 from perdure._store import open_store
-from perdure._store._base import NewRun, StepCommit, Store, utcnow
+from perdure._store._base import NewRun, RunClose, StepCommit, Store, utcnow
 from perdure._store._postgres import PostgresStore
 
 T = "job"
@@ -47,6 +47,58 @@ def new_run(workflow_id: str | None = None, *, arg: Any = 1, **kw: Any) -> NewRu
         input=[arg],
         wake_at=utcnow(),
         **kw,
+    )
+
+
+def start_with_first_step(
+    workflow_id: str,
+    owner: str,
+    second: tuple[str, dict[str, Any]],
+    *,
+    close: RunClose | None = None,
+    wake_at: datetime | None = None,
+    **run: Any,
+) -> StepCommit:
+    """A run leased to ``owner`` and its first step, to commit together (a worker that
+    takes the run at once): ``workflow_started`` (args ``[1, "é"]``), then ``second``
+    (its event type and attributes); ``run``: the ``NewRun``'s other fields."""
+    now = utcnow()
+    new = NewRun(
+        namespace="default",
+        workflow_id=workflow_id,
+        run_id=uuid.uuid4().hex,
+        workflow_type=T,
+        task_queue="q",
+        input=[1, "é"],
+        wake_at=now,
+        owner=owner,
+        lease_until=now + timedelta(seconds=30),
+        created_at=now,
+        **run,
+    )
+    event_type, attributes = second
+    events = [
+        HistoryEvent(
+            seq=1,
+            event_type=EventType.WORKFLOW_STARTED,
+            name=T,
+            attributes={"args": [1, "é"]},
+            created_at=now,
+        ),
+        HistoryEvent(
+            seq=2, event_type=event_type, name=None, attributes=attributes, created_at=now
+        ),
+    ]
+    return StepCommit(
+        namespace="default",
+        run_id=new.run_id,
+        worker_id=owner,
+        expected_seq=1,
+        events=events,
+        wake_at=wake_at,
+        lease_until=now + timedelta(seconds=30),
+        close=close,
+        start=new,
     )
 
 

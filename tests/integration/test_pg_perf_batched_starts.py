@@ -15,7 +15,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from pg_store_kit import new_run, opened
+from pg_store_kit import new_run, opened, start_with_first_step
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
@@ -28,46 +28,20 @@ W = "w1"
 
 
 def first_step(workflow_id: str, *, close: bool = False) -> StepCommit:
-    now = utcnow()
-    run = NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=uuid.uuid4().hex,
-        workflow_type="job",
-        task_queue="q",
-        input=[1, "é"],
-        wake_at=now,
+    if close:
+        return start_with_first_step(
+            workflow_id,
+            W,
+            (EventType.WORKFLOW_COMPLETED, {"result": 1}),
+            close=RunClose(status="completed", result=1, had_children=False),
+            search_attributes={"k": "v"},
+        )
+    return start_with_first_step(
+        workflow_id,
+        W,
+        (EventType.TIMER_STARTED, {"timer_id": 1}),
+        wake_at=utcnow() + timedelta(hours=1),
         search_attributes={"k": "v"},
-        owner=W,
-        lease_until=now + timedelta(seconds=30),
-        created_at=now,
-    )
-    events = [
-        HistoryEvent(
-            seq=1,
-            event_type=EventType.WORKFLOW_STARTED,
-            name="job",
-            attributes={"args": [1, "é"]},
-            created_at=now,
-        ),
-        HistoryEvent(
-            seq=2,
-            event_type=EventType.WORKFLOW_COMPLETED if close else EventType.TIMER_STARTED,
-            name=None,
-            attributes={"result": 1} if close else {"timer_id": 1},
-            created_at=now,
-        ),
-    ]
-    return StepCommit(
-        namespace="default",
-        run_id=run.run_id,
-        worker_id=W,
-        expected_seq=1,
-        events=events,
-        wake_at=None if close else now + timedelta(hours=1),
-        lease_until=now + timedelta(seconds=30),
-        close=RunClose(status="completed", result=1, had_children=False) if close else None,
-        start=run,
     )
 
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from pg_store_kit import opened
+from pg_store_kit import opened, start_with_first_step
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
-from perdure._history import EventType, HistoryEvent
+from perdure._history import EventType
 from perdure._store import _postgres, _postgres_tx
-from perdure._store._base import NewRun, RunClose, RunExists, StepCommit, utcnow
+from perdure._store._base import RunClose, RunExists, StepCommit, utcnow
 from perdure._store._postgres import PostgresStore
 
 W = "w1"
@@ -33,45 +31,11 @@ COLUMNS = (
 
 
 def closing_start(workflow_id: str, close: RunClose, **run: Any) -> StepCommit:
-    now = utcnow()
-    new = NewRun(
-        namespace="default",
-        workflow_id=workflow_id,
-        run_id=uuid.uuid4().hex,
-        workflow_type="job",
-        task_queue="q",
-        input=[1, "é"],
-        wake_at=now,
-        search_attributes={"tier": "gold"},
-        memo={"m": 1},
-        owner=W,
-        lease_until=now + timedelta(seconds=30),
-        created_at=now,
-        **run,
-    )
     ended = (
         EventType.WORKFLOW_COMPLETED if close.status == "completed" else EventType.WORKFLOW_FAILED
     )
-    events = [
-        HistoryEvent(
-            seq=1,
-            event_type=EventType.WORKFLOW_STARTED,
-            name="job",
-            attributes={"args": [1, "é"]},
-            created_at=now,
-        ),
-        HistoryEvent(seq=2, event_type=ended, name=None, attributes={"x": 1}, created_at=now),
-    ]
-    return StepCommit(
-        namespace="default",
-        run_id=new.run_id,
-        worker_id=W,
-        expected_seq=1,
-        events=events,
-        lease_until=now + timedelta(seconds=30),
-        close=close,
-        start=new,
-    )
+    run = {"search_attributes": {"tier": "gold"}, "memo": {"m": 1}, **run}
+    return start_with_first_step(workflow_id, W, (ended, {"x": 1}), close=close, **run)
 
 
 async def row(store: PostgresStore, run_id: str) -> dict[str, Any]:
