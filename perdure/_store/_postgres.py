@@ -56,6 +56,7 @@ from perdure._store._postgres_db import (
     text_array,
 )
 from perdure._store._postgres_tx import (
+    HISTORY_NEXT_SEQ,
     Row,
     Statements,
     closed_start_params,
@@ -109,6 +110,11 @@ class PostgresStore(Store):
         self._step_query = RawQuery.parse(self.q["commit_step"])  # a step that closes its run
         self._lean_query = RawQuery.parse(self.q["commit_step_lean"])  # any other plain step
         self._slim_query = RawQuery.parse(self.q["commit_step_slim"])  # a lean one, alone
+        # A slim one of a run that stays due: its events only (PostgreSQL; CockroachDB
+        # sends its steps as several statements, commit_step below is not its own).
+        self._held_query = (
+            RawQuery.parse(self.q["commit_step_held"]) if self.dialect == "postgres" else None
+        )
         # Steps committed together go out as one statement per kind (lean, closing),
         # and so do the starts of runs whose first steps they are.
         lean = Merge(
@@ -351,7 +357,7 @@ class PostgresStore(Store):
             clauses.append("search_attributes -> %s = %s::jsonb")
             params += [key, dumps(value)]
         query = self._sql(
-            "SELECT * FROM perdure.workflows WHERE "
+            f"SELECT *, {HISTORY_NEXT_SEQ} FROM perdure.workflows w WHERE "
             + " AND ".join(clauses)
             + " ORDER BY created_at DESC, run_id DESC"
         )
@@ -439,24 +445,49 @@ class PostgresStore(Store):
         if step.lease_until is not None:  # counted from the commit, not the call (_claim)
             params["lease_ttl"] = step.lease_until - utcnow()
         query = self._lean_query if step.close is None else self._step_query
+        if query is self._lean_query and step.start is None and self._stays_due(step):
+            params["held"] = True  # the events alone, if it goes alone (_alone_query)
         statements: list[Statement] = [(query, params)]
         if step.start is not None:
             start = start_params(step.start)
             if step.start.lease_until is not None:
                 start["lease_ttl"] = step.start.lease_until - utcnow()
             statements.insert(0, (self._start_query, start))
-        if self.settings.group_commit:
-            values = await self._group.submit(*statements)
-        else:
-            if len(statements) == 1:
-                statements[0] = (self._alone_query(query, params), params)
-            values = await self.db.statement(partial(self._alone, statements))
-        if values[-1] == 1:
+        fenced = (await self._send_step(statements))[-1]
+        if fenced is None and params.pop("held", False):
+            # commit_step_held found the run not due, or not this worker's: the slim
+            # statement decides (and moves the row on).
+            fenced = (await self._send_step(statements))[-1]
+        if fenced == 1:
+            return
+        if fenced == _ROW_KEPT:
+            step.row_kept = True
             return
         if step.start is not None:  # the id is taken: the id policies decide
             await self._commit_in_transaction(step)
             return
         raise StepRejected(step.run_id)
+
+    def _stays_due(self, step: StepCommit) -> bool:
+        """A step that may leave its run's row as it is (``commit_step_held``): the run
+        stays this worker's and due, and nothing of the row changes (no search attribute,
+        no close, no release)."""
+        wake_at = step.wake_at
+        return (
+            self._held_query is not None
+            and wake_at is not None
+            and not step.release
+            and not step.search_attributes
+            and wake_at <= utcnow()
+        )
+
+    async def _send_step(self, statements: list[Statement]) -> list[Any]:
+        if self.settings.group_commit:
+            return await self._group.submit(*statements)
+        if len(statements) == 1:
+            query, params = statements[0]
+            statements = [(self._alone_query(query, params), params)]
+        return await self.db.statement(partial(self._alone, statements))
 
     async def _commit_closed_start(self, step: StepCommit, query: RawQuery) -> None:
         """A run that its first step ends, inserted closed (``insert_runs_closed``); if its
@@ -471,14 +502,16 @@ class PostgresStore(Store):
 
     def _alone_query(self, query: RawQuery, params: dict[str, Any]) -> RawQuery:
         """The statement for a write that goes alone: a lean step with no task rows to add
-        or delete and no message to consume takes ``commit_step_slim`` (less server work)."""
+        or delete and no message to consume takes ``commit_step_slim`` (less server work),
+        or ``commit_step_held`` if its run stays due (``_stays_due``: less again)."""
         if (
             query is self._lean_query
             and params["tasks"] == "[]"
             and params["finished_tasks"] == "{}"
             and params["consumed_inbox"] == "{}"
         ):
-            return self._slim_query
+            held = self._held_query
+            return held if held is not None and params.get("held") else self._slim_query
         return query
 
     @staticmethod
@@ -734,6 +767,11 @@ class PostgresStore(Store):
             return await (await conn.execute(query, params)).fetchall()
 
         return await self.db.statement(tx)
+
+
+# What commit_step_held returns when it applied: the step's events are in, the run's
+# row was left as it was (its lease and next_event_seq trail; StepCommit.row_kept).
+_ROW_KEPT = 2
 
 
 def _fresh_lease(params: dict[str, Any]) -> dict[str, Any]:

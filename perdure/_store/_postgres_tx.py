@@ -63,7 +63,18 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+# A running run's next_event_seq from its history (queries.sql: latest_run), for
+# list_runs, whose query is put together in Python.
+HISTORY_NEXT_SEQ = (
+    "CASE WHEN w.status = 'running' THEN (SELECT coalesce(max(h.seq), 0) + 1"
+    " FROM perdure.history h WHERE h.run_id = w.run_id) END AS history_next_seq"
+)
+
+
 def run_from_row(row: Row) -> RunRecord:
+    """``history_next_seq``, where the query reads it (what clients read of a running run):
+    next_event_seq from the history, which a held run's row may trail (commit_step_held)."""
+    next_seq = row.get("history_next_seq")
     return RunRecord(
         run_id=row["run_id"],
         namespace=row["namespace"],
@@ -81,7 +92,7 @@ def run_from_row(row: Row) -> RunRecord:
         search_attributes=row["search_attributes"],
         memo=row["memo"],
         continued_run_id=row["continued_run_id"],
-        next_event_seq=row["next_event_seq"],
+        next_event_seq=row["next_event_seq"] if next_seq is None else next_seq,
         wake_at=row["wake_at"],
         owner=row["owner"],
         parked_error=row["parked_error"],

@@ -12,6 +12,7 @@ from perdure._store._queries import load_queries, migration_files
 POSTGRES_ONLY = {
     "append_events",
     "commit_step",
+    "commit_step_held",
     "commit_step_lean",
     "commit_step_slim",
     "commit_steps_lean",

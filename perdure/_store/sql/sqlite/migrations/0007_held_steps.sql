@@ -1,0 +1,3 @@
+-- Nothing to change here: 0006 already counts perdure_running.history_length from the
+-- history. PostgreSQL's 0007 does the same now that its held runs' rows may trail their
+-- history too (commit_step_held). The version keeps the dialects in step.

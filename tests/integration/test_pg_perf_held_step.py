@@ -1,0 +1,206 @@
+"""PostgreSQL steps of a run that stays due leave the run's row alone (commit_step_held):
+they append their events, and the row (wake_at "due since", next_event_seq, lease) keeps
+its version, a quarter to a third less server CPU a step. A run that was not due, or will not be,
+still gets the step's wake_at and its row moved up to the history; fences still hold,
+against the history itself, and a worker taking the run over waits for the step's lock;
+what clients read (describe, list, perdure.running, terminate) counts the history."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from pg_store_kit import FAR, claimed, opened, step
+from pgserver import Databases
+
+from perdure._history import EventType
+from perdure._store._base import ListFilter, NewRun, StepRejected, utcnow
+from perdure._store._postgres import PostgresStore
+
+BOTH = pytest.mark.parametrize("group_commit", ["on", "off"])
+
+
+async def _row(store: PostgresStore, run_id: str) -> dict[str, Any]:
+    """The run's row as stored, with its version (xmin changes with every UPDATE)."""
+    async with await psycopg.AsyncConnection.connect(
+        store.settings.conninfo, autocommit=True
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT next_event_seq, lease_expires_at, wake_at, status, owner,"
+            " xmin::text AS version FROM perdure.workflows WHERE run_id = %s",
+            (run_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        names = [d.name for d in cur.description or []]
+        return dict(zip(names, row, strict=True))
+
+
+async def _seqs(store: PostgresStore, run_id: str) -> list[int]:
+    return [e.seq for e in await store.load_history(run_id)]
+
+
+@BOTH
+async def test_a_run_due_before_and_after_a_step_keeps_its_row(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        before = await _row(store, run_id)
+        steps = [step(run_id, seq, wake_at=utcnow()) for seq in (1, 2, 3)]
+        for s in steps:
+            await store.commit_step(s)
+        assert all(s.row_kept for s in steps)
+        assert await _seqs(store, run_id) == [1, 2, 3]
+        assert await _row(store, run_id) == before  # same version: not rewritten
+        # What clients read counts the history.
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.next_event_seq == 4
+        latest = await store.get_run("default", record.workflow_id)
+        assert latest is not None and latest.next_event_seq == 4
+        listed = await store.list_runs(ListFilter(namespace="default"))
+        assert [r.next_event_seq for r in listed if r.run_id == run_id] == [4]
+        async with await psycopg.AsyncConnection.connect(store.settings.conninfo) as conn:
+            cur = await conn.execute(
+                "SELECT history_length FROM perdure.running WHERE run_id = %s", (run_id,)
+            )
+            assert await cur.fetchone() == (3,)
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_a_full_fence_after_held_steps_moves_the_row_to_the_history(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        for seq in (1, 2):
+            await store.commit_step(step(run_id, seq, wake_at=utcnow()))
+        timer = step(run_id, 3, wake_at=FAR)  # a timer: the run is not due any more
+        await store.commit_step(timer)
+        assert not timer.row_kept
+        row = await _row(store, run_id)
+        assert row["next_event_seq"] == 4 and row["wake_at"] == FAR
+        assert row["lease_expires_at"] >= timer.lease_until  # type: ignore[operator]
+        # Searching (a row column) is a full fence too.
+        tagged = step(run_id, 4, wake_at=utcnow(), search_attributes={"k": 1})
+        await store.commit_step(tagged)
+        assert not tagged.row_kept and (await _row(store, run_id))["next_event_seq"] == 5
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_a_run_that_was_not_due_gets_the_new_wake_at(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        waiting = NewRun(
+            namespace="default",
+            workflow_id="waits",
+            run_id="waits-run",
+            workflow_type="job",
+            task_queue="q",
+            input=[],
+            wake_at=None,  # waited for a message only
+            owner="w1",
+            lease_until=utcnow() + timedelta(seconds=30),
+        )
+        await store.start_run(waiting)
+        now = utcnow()
+        first = step("waits-run", 1, wake_at=now)
+        await store.commit_step(first)
+        assert not first.row_kept
+        row = await _row(store, "waits-run")
+        assert row["wake_at"] == now and row["next_event_seq"] == 2
+        second = step("waits-run", 2, wake_at=utcnow())  # due before and after now
+        await store.commit_step(second)
+        assert second.row_kept and (await _row(store, "waits-run"))["wake_at"] == now
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_held_steps_are_still_fenced(postgres: Databases, group_commit: str) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        await store.commit_step(step(run_id, 1, wake_at=utcnow()))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 1, wake_at=utcnow()))  # history moved on
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 2, wake_at=utcnow(), worker_id="w2"))
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 1, wake_at=FAR))  # the full fence too
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 1, wake_at=FAR, release=True))
+        assert await _seqs(store, run_id) == [1]
+        # The row trails by one; the next full fence still finds its place.
+        await store.commit_step(step(run_id, 2, release=True, wake_at=utcnow()))
+        row = await _row(store, run_id)
+        assert row["next_event_seq"] == 3 and row["owner"] is None
+        with pytest.raises(StepRejected):  # released: not w1's any more
+            await store.commit_step(step(run_id, 3, wake_at=utcnow()))
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_a_takeover_waits_for_the_lock_and_fences_the_step_out(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        await store.commit_step(step(run_id, 1, wake_at=utcnow()))
+        async with await psycopg.AsyncConnection.connect(store.settings.conninfo) as other:
+            # Another worker takes the run over; its transaction is still open.
+            await other.execute(
+                "UPDATE perdure.workflows SET owner = 'w2' WHERE run_id = %s", (run_id,)
+            )
+            late = asyncio.create_task(store.commit_step(step(run_id, 2, wake_at=utcnow())))
+            await asyncio.sleep(0.3)
+            assert not late.done()  # FOR SHARE waits for the takeover's row lock
+            await other.commit()
+            with pytest.raises(StepRejected):
+                await late
+        assert await _seqs(store, run_id) == [1]
+        # The new owner's step goes on from the history.
+        mine = step(run_id, 2, wake_at=utcnow(), worker_id="w2")
+        await store.commit_step(mine)
+        assert mine.row_kept and await _seqs(store, run_id) == [1, 2]
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_terminate_appends_after_the_history_not_the_row(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        run_id = await claimed(store)
+        for seq in (1, 2, 3):
+            await store.commit_step(step(run_id, seq, wake_at=utcnow()))
+        assert (await _row(store, run_id))["next_event_seq"] == 1
+        record = await store.get_run_by_id(run_id)
+        assert record is not None
+        await store.terminate_run("default", record.workflow_id, None, "enough")
+        history = await store.load_history(run_id)
+        assert [(e.seq, e.event_type) for e in history][-2:] == [
+            (3, EventType.MARKER_RECORDED),
+            (4, EventType.WORKFLOW_TERMINATED),
+        ]
+        row = await _row(store, run_id)
+        assert row["status"] == "terminated" and row["next_event_seq"] == 5
+        with pytest.raises(StepRejected):
+            await store.commit_step(step(run_id, 4, wake_at=utcnow()))
+    finally:
+        await store.close()
