@@ -286,15 +286,16 @@ def stepped_start(step: StepCommit) -> bool:
 # The statements every step runs, with positional parameters (cheaper to bind than
 # named ones). They are not in queries.sql, whose names every dialect must share.
 #
-# Every fence checks the run's history itself, not the row's next_event_seq: a step
-# that leaves the row alone (FENCE_HELD_DUE) appends events without moving it, so on
-# SQLite a held run's row may trail its history until its next full fence.
+# Every fence checks where the run's history ends (its last seq is the step's expected
+# seq less one), not the row's next_event_seq: a step that leaves the row alone
+# (FENCE_HELD_DUE) appends events without moving it, so a held run's row may trail its
+# history until its next full fence. max() is one probe of the history's primary key.
 #
 # A step of a run that stays held does not assign ``owner`` (so the owner index is not
 # rewritten), and one that consumed no inbox row needs no json_each. A message that
 # arrived after the worker last read its inbox keeps the run due, as in fence_step.
 _HISTORY_ENDS_BEFORE = (
-    "NOT EXISTS (SELECT 1 FROM perdure_history h WHERE h.run_id = {run} AND h.seq >= {seq})"
+    "(SELECT coalesce(max(h.seq), 0) FROM perdure_history h WHERE h.run_id = {run}) = {seq} - 1"
 )
 _FENCE_HELD = """
 UPDATE perdure_workflows

@@ -106,3 +106,28 @@ async def test_a_fenced_step_of_a_run_that_moved_on_is_rejected(app: perdure.App
             continue
         raise AssertionError("a stale step was applied")
     assert len(await store.load_history(run_id)) == 1
+
+
+async def test_a_step_that_skips_a_seq_is_rejected(app: perdure.App) -> None:
+    """The fence checks where the history ends, not only that it ends before the step:
+    a step whose copy of the history is ahead of the database's is refused too."""
+    store = await app._get_store()
+    run_id, _ = await _claimed_run(app, "w1")
+    first = StepCommit(
+        namespace="default",
+        run_id=run_id,
+        worker_id="w1",
+        expected_seq=1,
+        events=[_event(1)],
+        wake_at=utcnow(),
+        lease_until=utcnow() + timedelta(seconds=30),
+    )
+    await store.commit_step(first)
+    for wake_at in (utcnow(), FAR, None):  # a run that stays due; a timer; waiting
+        ahead = replace(first, expected_seq=3, events=[_event(3)], wake_at=wake_at)
+        try:
+            await store.commit_step(ahead)
+        except StepRejected:
+            continue
+        raise AssertionError(f"a step past the history's end was applied ({wake_at})")
+    assert [e.seq for e in await store.load_history(run_id)] == [1]

@@ -85,8 +85,8 @@ SET next_event_seq = :next_event_seq,
     lease_expires_at = :lease_until,
     owner = CASE WHEN :release THEN NULL ELSE owner END
 WHERE run_id = :run_id AND owner = :worker_id AND status = 'running'
-  AND NOT EXISTS (SELECT 1 FROM perdure_history h
-                  WHERE h.run_id = :run_id AND h.seq >= :expected_seq);
+  AND (SELECT coalesce(max(h.seq), 0) FROM perdure_history h
+       WHERE h.run_id = :run_id) = :expected_seq - 1;
 
 -- name: close_run
 UPDATE perdure_workflows
