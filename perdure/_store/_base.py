@@ -264,8 +264,10 @@ class StepCommit:
     # own worker: inserted in the same transaction (one commit for start + first step).
     start: NewRun | None = None
     # Set by the store: the step appended to the history and left the run's row as it
-    # was (SQLite, a run due before and after the step): the row's next_event_seq then
-    # trails the history, and the lease is as the worker's lease loop last renewed it.
+    # was (a run due before and after the step): the row's next_event_seq then trails
+    # the history, and the lease is as the worker's lease loop last renewed it. Never
+    # set for a start's first step: the insert wrote the lease (PostgreSQL may still
+    # leave the fresh row's next_event_seq behind the history).
     row_kept: bool = False
 
 

@@ -445,7 +445,7 @@ class PostgresStore(Store):
         if step.lease_until is not None:  # counted from the commit, not the call (_claim)
             params["lease_ttl"] = step.lease_until - utcnow()
         query = self._lean_query if step.close is None else self._step_query
-        if query is self._lean_query and step.start is None and self._stays_due(step):
+        if query is self._lean_query and self._stays_due(step):
             params["held"] = True  # the events alone, if it goes alone (_alone_query)
         statements: list[Statement] = [(query, params)]
         if step.start is not None:
@@ -454,14 +454,16 @@ class PostgresStore(Store):
                 start["lease_ttl"] = step.start.lease_until - utcnow()
             statements.insert(0, (self._start_query, start))
         fenced = (await self._send_step(statements))[-1]
-        if fenced is None and params.pop("held", False):
+        if fenced is None and params.pop("held", False) and step.start is None:
             # commit_step_held found the run not due, or not this worker's: the slim
-            # statement decides (and moves the row on).
+            # statement decides (and moves the row on). (A start's first step is held
+            # only when its fresh row passes the fence: no row means the insert skipped
+            # a taken id and wrote nothing; the id policies decide, below.)
             fenced = (await self._send_step(statements))[-1]
         if fenced == 1:
             return
         if fenced == _ROW_KEPT:
-            step.row_kept = True
+            step.row_kept = step.start is None  # a start's insert wrote the lease
             return
         if step.start is not None:  # the id is taken: the id policies decide
             await self._commit_in_transaction(step)
@@ -472,21 +474,29 @@ class PostgresStore(Store):
         """A step that may leave its run's row as it is (``commit_step_held``): the run
         stays this worker's and due, and nothing of the row changes (no search attribute,
         no close, no release)."""
-        wake_at = step.wake_at
+        wake_at, start = step.wake_at, step.start
         return (
             self._held_query is not None
             and wake_at is not None
             and not step.release
             and not step.search_attributes
             and wake_at <= utcnow()
+            # a run started with this step: inserted due and this worker's (then its
+            # row passes the held fence, unless the insert skipped a taken id)
+            and (
+                start is None
+                or (
+                    start.owner == step.worker_id
+                    and start.wake_at is not None
+                    and start.wake_at <= wake_at
+                )
+            )
         )
 
     async def _send_step(self, statements: list[Statement]) -> list[Any]:
         if self.settings.group_commit:
             return await self._group.submit(*statements)
-        if len(statements) == 1:
-            query, params = statements[0]
-            statements = [(self._alone_query(query, params), params)]
+        statements = [(self._alone_query(query, params), params) for query, params in statements]
         return await self.db.statement(partial(self._alone, statements))
 
     async def _commit_closed_start(self, step: StepCommit, query: RawQuery) -> None:

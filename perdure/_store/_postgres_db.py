@@ -1204,7 +1204,8 @@ class GroupCommit:
         if len(batch) == 1 and not self._db.fault_rate:
             # Alone, several statements (a start and its first step): one transaction.
             self.statements += len(batch[0])
-            return [await link.firsts(conn, [(q, prepare(p)) for q, p in batch[0]])]
+            alone = self._alone_query
+            return [await link.firsts(conn, [(alone(q, p), prepare(p)) for q, p in batch[0]])]
         out = self._compose(batch)
         self.statements += len(out.statements)
         if self._raw and not self._db.fault_rate:

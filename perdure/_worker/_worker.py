@@ -60,6 +60,9 @@ class WorkerStats:
     events_replayed: int = 0
     steps_committed: int = 0
     activities_started: int = 0
+    # Activity attempts that waited for the lease loop (a late renewal): none while a
+    # worker's own steps keep its leases fresh.
+    lease_waits: int = 0
 
 
 _ACTIVITY_OUTCOMES = {
@@ -266,6 +269,7 @@ class Worker(ActivityExecution):
 
     async def _lease_renewed(self) -> None:
         """Wait for the next renewal attempt of the lease loop."""
+        self.stats.lease_waits += 1
         await self._renewed.wait()
 
     async def _lease_loop(self) -> None:

@@ -8,16 +8,25 @@ what clients read (describe, list, perdure.running, terminate) counts the histor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from pg_store_kit import FAR, claimed, opened, step
+from pg_store_kit import FAR, claimed, opened, start_with_first_step, step
 from pgserver import Databases
 
+from perdure._errors import WorkflowAlreadyStartedError
 from perdure._history import EventType
-from perdure._store._base import ListFilter, NewRun, StepRejected, utcnow
+from perdure._store._base import (
+    ListFilter,
+    NewRun,
+    RunExists,
+    StepCommit,
+    StepRejected,
+    utcnow,
+)
 from perdure._store._postgres import PostgresStore
 
 BOTH = pytest.mark.parametrize("group_commit", ["on", "off"])
@@ -202,5 +211,77 @@ async def test_terminate_appends_after_the_history_not_the_row(
         assert row["status"] == "terminated" and row["next_event_seq"] == 5
         with pytest.raises(StepRejected):
             await store.commit_step(step(run_id, 4, wake_at=utcnow()))
+    finally:
+        await store.close()
+
+
+SCHEDULED = (EventType.ACTIVITY_SCHEDULED, {"activity_id": 1, "activity_type": "a", "args": []})
+
+
+def _scheduling_start(workflow_id: str, **run: Any) -> StepCommit:
+    """A run leased to w1 with its first step, which schedules an activity: due from the
+    step on (as a worker's step computes it, after the start's own wake-up)."""
+    first = start_with_first_step(workflow_id, "w1", SCHEDULED, **run)
+    return dataclasses.replace(first, wake_at=utcnow())
+
+
+@BOTH
+async def test_a_run_started_with_its_first_step_is_inserted_and_held(
+    postgres: Databases, group_commit: str
+) -> None:
+    """A worker's own start (W3): the insert, then the first step's events only."""
+    store = await opened(postgres, group_commit)
+    try:
+        first = _scheduling_start("held-start")
+        await store.commit_step(first)
+        assert not first.row_kept  # the insert wrote the lease: the worker counts on it
+        run_id = first.run_id
+        assert await _seqs(store, run_id) == [1, 2]
+        row = await _row(store, run_id)
+        assert row["next_event_seq"] == 1 and row["owner"] == "w1"  # trails
+        record = await store.get_run_by_id(run_id)
+        assert record is not None and record.next_event_seq == 3
+        second = step(run_id, 3, wake_at=utcnow())
+        await store.commit_step(second)
+        assert second.row_kept and await _seqs(store, run_id) == [1, 2, 3]
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_a_held_start_on_a_running_id_falls_back_to_the_id_policies(
+    postgres: Databases, group_commit: str
+) -> None:
+    store = await opened(postgres, group_commit)
+    try:
+        running = _scheduling_start("busy-held")
+        await store.commit_step(running)
+        refused = _scheduling_start("busy-held")
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await store.commit_step(refused)  # the default policy: fail
+        assert await store.get_run_by_id(refused.run_id) is None
+        assert await store.load_history(refused.run_id) == []
+        kept = _scheduling_start("busy-held", id_conflict_policy="use_existing")
+        with pytest.raises(RunExists) as exists:  # the running run is the answer
+            await store.commit_step(kept)
+        assert exists.value.run_id == running.run_id
+        assert await _seqs(store, running.run_id) == [1, 2]  # untouched
+    finally:
+        await store.close()
+
+
+@BOTH
+async def test_a_start_not_due_at_once_takes_the_full_step(
+    postgres: Databases, group_commit: str
+) -> None:
+    """A first step that sleeps (its run due later) moves the fresh row on."""
+    store = await opened(postgres, group_commit)
+    try:
+        timer = (EventType.TIMER_STARTED, {"timer_id": 1})
+        first = start_with_first_step("sleeps", "w1", timer, wake_at=FAR)
+        await store.commit_step(first)
+        assert not first.row_kept
+        row = await _row(store, first.run_id)
+        assert row["next_event_seq"] == 3 and row["wake_at"] == FAR
     finally:
         await store.close()

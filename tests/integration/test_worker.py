@@ -28,6 +28,7 @@ async def test_sticky_cache_never_replays_on_the_hot_path(app: perdure.App) -> N
     assert worker.stats.runs_adopted == 1
     assert worker.stats.events_replayed == 0  # 50 steps, not one replayed event
     assert worker.stats.steps_committed == 51
+    assert worker.stats.lease_waits == 0  # no step left an activity waiting for a renewal
 
 
 async def test_retry_backoff_is_durable_across_worker_restarts(app: perdure.App) -> None:
