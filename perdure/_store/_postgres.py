@@ -68,8 +68,10 @@ from perdure._store._postgres_tx import (
     is_plain,
     mergeable,
     mergeable_close,
+    mergeable_held,
     merged_close_params,
     merged_closed_starts,
+    merged_held_params,
     merged_message_params,
     merged_start_params,
     merged_step_params,
@@ -148,6 +150,16 @@ class PostgresStore(Store):
         self._closed_start_query: RawQuery | None = None
         merges: tuple[Merge, ...] = (lean, closing)
         if self.dialect == "postgres":
+            # Lean steps of runs that stay due: their events only (before ``lean``, which
+            # takes the same statement: the first merge that accepts a write gets it).
+            held = Merge(
+                self._lean_query,
+                RawQuery.parse(self.q["commit_steps_held"]),
+                mergeable_held,
+                merged_held_params,
+                applied=_ROW_KEPT,
+                missed=None,
+            )
             closed_many = self.q["insert_runs_closed"].rstrip().rstrip(";")
             positions = "r.i FROM r JOIN ins ON ins.run_id = r.run_id"
             assert closed_many.endswith(positions)
@@ -159,7 +171,7 @@ class PostgresStore(Store):
                 _every_write,
                 merged_closed_starts,
             )
-            merges = (lean, closing, messages, closed_starts)
+            merges = (held, lean, closing, messages, closed_starts)
         self._group = GroupCommit(
             self.db,
             prepare=_fresh_lease,

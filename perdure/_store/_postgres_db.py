@@ -580,13 +580,16 @@ class Merge:
 
     Only writes whose parameters ``accepts``; ``combine`` turns their parameters (in
     order) into ``many``'s; ``many`` returns the position of every write that applied (a
-    fenced step that lost its fence does not).
+    fenced step that lost its fence does not). Each write then reads ``applied`` or
+    ``missed``, as if it had gone alone (``commit_step_held``: 2, or NULL).
     """
 
     single: RawQuery
     many: RawQuery
     accepts: Callable[[dict[str, Any]], bool]
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    applied: Any = 1
+    missed: Any = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1243,7 +1246,7 @@ class GroupCommit:
         for merge, group in zip(self._merges, plan.steps, strict=True):
             if group:
                 params = merge.combine([prepare(batch[k][j][1]) for k, j in group])
-                out.add(merge.many, params, partial(_applied_into, group))
+                out.add(merge.many, params, partial(_applied_into, group, merge))
         return out
 
     def _plan(self, batch: list[list[Statement]]) -> _Plan | None:
@@ -1367,11 +1370,13 @@ def _inserted_into(
         values[k][j] = 1 if run_id in inserted else None
 
 
-def _applied_into(group: list[tuple[int, int]], values: list[list[Any]], result: Any) -> None:
+def _applied_into(
+    group: list[tuple[int, int]], merge: Merge, values: list[list[Any]], result: Any
+) -> None:
     """A ``Merge``'s result: the position of each write that applied."""
     applied = {int(result.get_value(row, 0)) for row in range(result.ntuples)}
     for position, (k, j) in enumerate(group):
-        values[k][j] = 1 if position in applied else 0
+        values[k][j] = merge.applied if position in applied else merge.missed
 
 
 async def _send(

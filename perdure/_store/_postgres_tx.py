@@ -362,6 +362,29 @@ def _json_time(value: datetime | None) -> str:
     return "null" if value is None else f'"{iso(value)}"'
 
 
+def mergeable_held(params: dict[str, Any]) -> bool:
+    """Whether a lean step can go in ``commit_steps_held``: its run stays due (``held``,
+    set by the store) and its row has nothing to change (as ``commit_step_held``)."""
+    return bool(
+        params.get("held")
+        and params["tasks"] == "[]"
+        and params["finished_tasks"] == "{}"
+        and params["consumed_inbox"] == "{}"
+        and params["patch"] is None
+    )
+
+
+def merged_held_params(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``commit_steps_held``: the fences and events of many steps."""
+    parts = [
+        f'{{"i":{i},"run_id":{_text(p["run_id"])},"worker_id":{_text(p["worker_id"])},'
+        f'"expected_seq":{int(p["expected_seq"])},"wake_at":{_json_time(p["wake_at"])},'
+        f'"events":{p["events"]}}}'
+        for i, p in enumerate(steps)
+    ]
+    return {"steps": "[" + ",".join(parts) + "]", "run_ids": [p["run_id"] for p in steps]}
+
+
 def mergeable(params: dict[str, Any]) -> bool:
     """Whether a lean step can go in ``commit_steps_lean``: it deletes no rows."""
     return bool(params["finished_tasks"] == "{}" and params["consumed_inbox"] == "{}")

@@ -285,3 +285,44 @@ async def test_a_start_not_due_at_once_takes_the_full_step(
         assert row["next_event_seq"] == 3 and row["wake_at"] == FAR
     finally:
         await store.close()
+
+
+async def test_held_steps_committed_together_are_one_statement(postgres: Databases) -> None:
+    """A group commit sends its held steps as one ``commit_steps_held``: each applies by
+    its own fence; one whose run was not due is sent again as a lean step, which moves
+    its row; one that lost its fence is rejected; the others keep their rows."""
+    store = await opened(postgres)
+    try:
+        runs = [await claimed(store) for _ in range(8)]
+        waiting = NewRun(
+            namespace="default",
+            workflow_id="waits-together",
+            run_id="waits-together-run",
+            workflow_type="job",
+            task_queue="q",
+            input=[],
+            wake_at=None,  # not due: the held fence misses it
+            owner="w1",
+            lease_until=utcnow() + timedelta(seconds=30),
+        )
+        await store.start_run(waiting)
+        before = {run_id: await _row(store, run_id) for run_id in runs}
+        steps = [step(run_id, 1, wake_at=utcnow()) for run_id in runs]
+        steps.append(step(waiting.run_id, 1, wake_at=utcnow()))
+        stale = step(runs[0], 5, wake_at=utcnow())  # its copy is ahead of the history
+        statements = store._group.statements
+        outcomes = await asyncio.gather(
+            *(store.commit_step(s) for s in [*steps, stale]), return_exceptions=True
+        )
+        assert outcomes[:-1] == [None] * len(steps)
+        assert isinstance(outcomes[-1], StepRejected)
+        assert store._group.statements - statements < len(steps) // 2  # merged
+        for s in steps[:-1]:
+            assert s.row_kept and await _seqs(store, s.run_id) == [1]
+            assert await _row(store, s.run_id) == before[s.run_id]  # not rewritten
+        assert not steps[-1].row_kept  # sent again alone: the row moved on
+        row = await _row(store, waiting.run_id)
+        assert row["next_event_seq"] == 2 and row["wake_at"] == steps[-1].wake_at
+        assert await _seqs(store, waiting.run_id) == [1]
+    finally:
+        await store.close()

@@ -13,6 +13,7 @@ POSTGRES_ONLY = {
     "append_events",
     "commit_step",
     "commit_step_held",
+    "commit_steps_held",
     "commit_step_lean",
     "commit_step_slim",
     "commit_steps_lean",

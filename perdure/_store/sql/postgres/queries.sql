@@ -664,6 +664,34 @@ WITH fence AS (
 )
 SELECT CASE WHEN count(*) = 1 THEN 2 END AS fenced FROM fence;
 
+-- name: commit_steps_held
+-- PostgreSQL only: many commit_step_held steps (of different runs) in ONE statement, for
+-- a group commit: each run's row locked FOR SHARE and left as it is, its events appended.
+-- Returns the position (i) of every step that applied; a step that did not (its run
+-- was not due, or is not this worker's) is sent again as a lean step, which decides.
+WITH s AS (
+    SELECT * FROM json_to_recordset(%(steps)s::json)
+        AS s(i integer, run_id text, worker_id text, expected_seq integer,
+             wake_at timestamptz, events json)
+), fence AS (
+    SELECT s.i, w.run_id, s.events
+    FROM perdure.workflows AS w JOIN s ON w.run_id = s.run_id
+    WHERE w.run_id = ANY(%(run_ids)s::text[])
+      AND CASE WHEN w.owner = s.worker_id AND w.status = 'running'
+                    AND w.wake_at <= s.wake_at
+                    AND (SELECT coalesce(max(h.seq), 0) FROM perdure.history h
+                         WHERE h.run_id = w.run_id) = s.expected_seq - 1
+               THEN true ELSE false END
+    FOR SHARE OF w
+), appended AS (
+    INSERT INTO perdure.history (run_id, seq, event_type, name, attributes, created_at)
+    SELECT fence.run_id, e.seq, e.event_type, e.name, e.attributes, e.created_at
+    FROM fence, json_to_recordset(fence.events)
+                AS e(seq integer, event_type text, name text, attributes json,
+                     created_at timestamptz)
+)
+SELECT i FROM fence;
+
 -- name: commit_steps_lean
 -- PostgreSQL only: many commit_step_lean steps (of different runs) in ONE statement, for
 -- a group commit: the server plans, starts and ends one statement instead of one per
