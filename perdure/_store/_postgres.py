@@ -86,6 +86,7 @@ from perdure._store._postgres_tx import (
     start_insert,
     start_params,
     task_from_row,
+    touches_no_other_rows,
 )
 from perdure._store._queries import migration_files
 
@@ -526,12 +527,7 @@ class PostgresStore(Store):
         """The statement for a write that goes alone: a lean step with no task rows to add
         or delete and no message to consume takes ``commit_step_slim`` (less server work),
         or ``commit_step_held`` if its run stays due (``_stays_due``: less again)."""
-        if (
-            query is self._lean_query
-            and params["tasks"] == "[]"
-            and params["finished_tasks"] == "{}"
-            and params["consumed_inbox"] == "{}"
-        ):
+        if query is self._lean_query and touches_no_other_rows(params):
             held = self._held_query
             return held if held is not None and params.get("held") else self._slim_query
         return query

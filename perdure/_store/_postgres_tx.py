@@ -362,16 +362,20 @@ def _json_time(value: datetime | None) -> str:
     return "null" if value is None else f'"{iso(value)}"'
 
 
-def mergeable_held(params: dict[str, Any]) -> bool:
-    """Whether a lean step can go in ``commit_steps_held``: its run stays due (``held``,
-    set by the store) and its row has nothing to change (as ``commit_step_held``)."""
+def touches_no_other_rows(params: dict[str, Any]) -> bool:
+    """A lean step that adds no task rows, deletes none and consumes no inbox message:
+    its run's row and its events are all it writes (``commit_step_slim``)."""
     return bool(
-        params.get("held")
-        and params["tasks"] == "[]"
+        params["tasks"] == "[]"
         and params["finished_tasks"] == "{}"
         and params["consumed_inbox"] == "{}"
-        and params["patch"] is None
     )
+
+
+def mergeable_held(params: dict[str, Any]) -> bool:
+    """Whether a lean step can go in ``commit_steps_held``: its run stays due and its row
+    has nothing to change (``held``, set by the store), and it writes nothing else."""
+    return bool(params.get("held")) and touches_no_other_rows(params)
 
 
 def merged_held_params(steps: list[dict[str, Any]]) -> dict[str, Any]:

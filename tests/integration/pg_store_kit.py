@@ -38,6 +38,8 @@ async def opened(postgres: Databases, group_commit: str = "on") -> PostgresStore
 
 
 def new_run(workflow_id: str | None = None, *, arg: Any = 1, **kw: Any) -> NewRun:
+    """A run of workflow type ``T`` on queue ``q``, due now unless ``kw`` says otherwise."""
+    kw.setdefault("wake_at", utcnow())
     return NewRun(
         namespace="default",
         workflow_id=workflow_id or uuid.uuid4().hex,
@@ -45,7 +47,6 @@ def new_run(workflow_id: str | None = None, *, arg: Any = 1, **kw: Any) -> NewRu
         workflow_type=T,
         task_queue="q",
         input=[arg],
-        wake_at=utcnow(),
         **kw,
     )
 

@@ -14,14 +14,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_store_kit import FAR, claimed, opened, start_with_first_step, step
+from pg_store_kit import FAR, claimed, new_run, opened, start_with_first_step, step
 from pgserver import Databases
 
 from perdure._errors import WorkflowAlreadyStartedError
 from perdure._history import EventType
 from perdure._store._base import (
     ListFilter,
-    NewRun,
     RunExists,
     StepCommit,
     StepRejected,
@@ -46,6 +45,13 @@ async def _row(store: PostgresStore, run_id: str) -> dict[str, Any]:
         assert row is not None
         names = [d.name for d in cur.description or []]
         return dict(zip(names, row, strict=True))
+
+
+async def _waiting(store: PostgresStore) -> str:
+    """A run held by w1 that waits for a message only (no wake-up): not due."""
+    run = new_run(wake_at=None, owner="w1", lease_until=utcnow() + timedelta(seconds=30))
+    await store.start_run(run)
+    return run.run_id
 
 
 async def _seqs(store: PostgresStore, run_id: str) -> list[int]:
@@ -111,27 +117,16 @@ async def test_a_run_that_was_not_due_gets_the_new_wake_at(
 ) -> None:
     store = await opened(postgres, group_commit)
     try:
-        waiting = NewRun(
-            namespace="default",
-            workflow_id="waits",
-            run_id="waits-run",
-            workflow_type="job",
-            task_queue="q",
-            input=[],
-            wake_at=None,  # waited for a message only
-            owner="w1",
-            lease_until=utcnow() + timedelta(seconds=30),
-        )
-        await store.start_run(waiting)
+        waiting = await _waiting(store)
         now = utcnow()
-        first = step("waits-run", 1, wake_at=now)
+        first = step(waiting, 1, wake_at=now)
         await store.commit_step(first)
         assert not first.row_kept
-        row = await _row(store, "waits-run")
+        row = await _row(store, waiting)
         assert row["wake_at"] == now and row["next_event_seq"] == 2
-        second = step("waits-run", 2, wake_at=utcnow())  # due before and after now
+        second = step(waiting, 2, wake_at=utcnow())  # due before and after now
         await store.commit_step(second)
-        assert second.row_kept and (await _row(store, "waits-run"))["wake_at"] == now
+        assert second.row_kept and (await _row(store, waiting))["wake_at"] == now
     finally:
         await store.close()
 
@@ -294,21 +289,10 @@ async def test_held_steps_committed_together_are_one_statement(postgres: Databas
     store = await opened(postgres)
     try:
         runs = [await claimed(store) for _ in range(8)]
-        waiting = NewRun(
-            namespace="default",
-            workflow_id="waits-together",
-            run_id="waits-together-run",
-            workflow_type="job",
-            task_queue="q",
-            input=[],
-            wake_at=None,  # not due: the held fence misses it
-            owner="w1",
-            lease_until=utcnow() + timedelta(seconds=30),
-        )
-        await store.start_run(waiting)
+        waiting = await _waiting(store)  # not due: the held fence misses it
         before = {run_id: await _row(store, run_id) for run_id in runs}
         steps = [step(run_id, 1, wake_at=utcnow()) for run_id in runs]
-        steps.append(step(waiting.run_id, 1, wake_at=utcnow()))
+        steps.append(step(waiting, 1, wake_at=utcnow()))
         stale = step(runs[0], 5, wake_at=utcnow())  # its copy is ahead of the history
         statements = store._group.statements
         outcomes = await asyncio.gather(
@@ -321,8 +305,8 @@ async def test_held_steps_committed_together_are_one_statement(postgres: Databas
             assert s.row_kept and await _seqs(store, s.run_id) == [1]
             assert await _row(store, s.run_id) == before[s.run_id]  # not rewritten
         assert not steps[-1].row_kept  # sent again alone: the row moved on
-        row = await _row(store, waiting.run_id)
+        row = await _row(store, waiting)
         assert row["next_event_seq"] == 2 and row["wake_at"] == steps[-1].wake_at
-        assert await _seqs(store, waiting.run_id) == [1]
+        assert await _seqs(store, waiting) == [1]
     finally:
         await store.close()
