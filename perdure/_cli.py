@@ -888,6 +888,27 @@ def migrate(database: Database) -> None:
 
 
 @main.command()
+@_database_options
+def mcp(database: Database) -> None:
+    """Serve the App's client calls as MCP tools over stdio, for AI agents.
+
+    Start, list, describe, wait for, query, signal, update, cancel and terminate
+    workflow runs. An MCP host starts it as a subprocess; stdout carries the
+    protocol. Needs the MCP SDK: pip install 'perdure[mcp]'.
+
+    \b
+    perdure mcp --app myapp:app --database-url postgresql://...
+    """
+    try:
+        from perdure import _mcp
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("mcp"):
+            raise
+        raise CLIError("perdure mcp needs the MCP SDK: pip install 'perdure[mcp]'") from exc
+    _mcp.serve(database.app())
+
+
+@main.command()
 @click.option(
     "--database-url",
     metavar="URL",
