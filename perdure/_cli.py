@@ -635,9 +635,12 @@ def start(
     app = database.app(must_exist=False)
 
     async def go(app: App) -> tuple[WorkflowHandle[Any], Any]:
-        handle = await app.start_workflow(
-            workflow_type, *args, workflow_id=workflow_id, task_queue=task_queue
-        )
+        try:
+            handle = await app.start_workflow(
+                workflow_type, *args, workflow_id=workflow_id, task_queue=task_queue
+            )
+        except TypeError as exc:  # arguments that do not fit the registered workflow
+            raise CLIError(" ".join(str(exc).split())) from exc
         if as_json and not wait:
             _echo_json({"workflow_id": handle.workflow_id, "run_id": handle.run_id})
         elif not as_json:
