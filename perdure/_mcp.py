@@ -195,9 +195,8 @@ def _add_reading_tools(server: MCPServer, app: App) -> None:
     ) -> list[dict[str, Any]]:
         """A run's event history, oldest first: what it did and when (each event's seq,
         event_type, name, attributes and created_at)."""
-        handle = app.get_handle(workflow_id, run_id=run_id)
-        run = (await handle.describe()).run_id  # the latest run, once, for both reads
-        return [e.to_dict() for e in await app.get_handle(workflow_id, run_id=run).history()]
+        events = await app.get_handle(workflow_id, run_id=run_id).history()
+        return [e.to_dict() for e in events]
 
     @server.tool(annotations=_READ_ONLY)
     @told
