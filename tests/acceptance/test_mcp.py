@@ -165,9 +165,11 @@ async def test_bad_calls_get_clear_errors_and_the_server_goes_on(agent: Cli) -> 
         assert "wait_seconds" in await error_of(
             session, "get_workflow_result", workflow_id="x", wait_seconds=10_000
         )
-        await call(session, "start_workflow", workflow_type="hello", args=["Bo"], workflow_id="b")
+        # A run that waits for a signal stays running while its id is reused (a run that
+        # has completed may be started again under the same id, as in Temporal).
+        await call(session, "start_workflow", workflow_type="waiter", args=["go"], workflow_id="b")
         taken = await error_of(
-            session, "start_workflow", workflow_type="hello", args=["Bo"], workflow_id="b"
+            session, "start_workflow", workflow_type="waiter", args=["go"], workflow_id="b"
         )
         assert "already" in taken
         wrong = await error_of(
@@ -177,8 +179,9 @@ async def test_bad_calls_get_clear_errors_and_the_server_goes_on(agent: Cli) -> 
         unknown = await error_of(session, "start_workflow", workflow_type="nope", workflow_id="n")
         assert "unknown workflow type 'nope'" in unknown
         # Still serving, and nothing was lost: the first run completes.
+        await call(session, "signal_workflow", workflow_id="b", name="go", args=["Bo"])
         outcome = await call(session, "get_workflow_result", workflow_id="b", wait_seconds=60)
-        assert outcome == {"status": "completed", "result": "Hello, Bo!"}
+        assert outcome == {"status": "completed", "result": "Bo"}
 
 
 def test_without_the_sdk_the_command_says_what_to_install(cli: Cli, tmp_path: Path) -> None:
