@@ -18,7 +18,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +34,7 @@ from perdure._converter import PayloadError, to_jsonable
 from perdure._durations import to_seconds
 from perdure._errors import ApplicationError, PerdureError, WorkflowFailedError
 from perdure._history import HistoryEvent
+from perdure._present import fmt_time, summarize_attributes
 
 T = TypeVar("T")
 
@@ -60,21 +60,6 @@ _EVENT_STYLES = {
     "cancel_requested": "yellow",
     "signal_received": "magenta",
 }
-# attributes that only repeat what other columns say, or are noise in a summary
-_QUIET_ATTRIBUTES = frozenset(
-    {
-        "workflow_id",
-        "run_id",
-        "workflow_type",
-        "activity_type",
-        "activity_id",
-        "timer_id",
-        "child_id",
-        "update_id",
-        "retry",
-        "fire_at",
-    }
-)
 
 
 # -- errors ----------------------------------------------------------------
@@ -365,56 +350,12 @@ def show(
         console().print(table(value))
 
 
-def fmt_time(dt: datetime | None) -> str:
-    if dt is None:
-        return ""
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _status_text(status: str) -> Text:
     return Text(str(status), style=_STATUS_STYLES.get(str(status), ""))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _error_summary(error: Any) -> str:
-    if not isinstance(error, dict):
-        return _short(error)
-    parts: list[str] = []
-    while isinstance(error, dict) and len(parts) < 4:
-        parts.append(f"{error.get('type', 'Error')}: {error.get('message', '')}")
-        error = error.get("cause")
-    return _short(" ← ".join(parts), 100)
-
-
-def summarize_attributes(event: HistoryEvent) -> str:
-    """A short, human summary of an event's attributes."""
-    attrs = event.attributes
-    bits = []
-    for key in ("activity_id", "timer_id", "child_id"):
-        if isinstance(attrs.get(key), int):
-            bits.append(f"#{attrs[key]}")
-    for key, value in attrs.items():
-        if value is None or key in _QUIET_ATTRIBUTES or (value in ({}, []) and key != "args"):
-            continue
-        if key.endswith("timeout") or key in ("parent_workflow_id", "parent_run_id"):
-            continue
-        if key == "error":
-            bits.append(_error_summary(value))
-        elif key == "duration" and isinstance(value, int | float):
-            bits.append(f"duration={value:g}s")
-        elif key == "attempt" and value == 1:
-            continue
-        else:
-            bits.append(f"{key}={_short(value, 50)}")
-    return _short("  ".join(bits), 110)
 
 
 def history_table(events: Sequence[HistoryEvent], *, title: str | None = None) -> Table:

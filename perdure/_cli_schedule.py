@@ -3,35 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 from rich.table import Table
 from rich.text import Text
 
 from perdure._app import App
-from perdure._cli import Database, _database_options, _json_option, fmt_time, main, show
+from perdure._cli import Database, _database_options, _json_option, main, show
+from perdure._present import fmt_time, seconds_text, spec_text
 from perdure._schedules import ScheduleDescription, ScheduleHandle, describe_record
 
 T = TypeVar("T")
-
-
-def _spec_text(spec: dict[str, Any]) -> str:
-    if "cron" in spec:
-        text = f"cron {spec['cron']!r} ({spec.get('timezone', 'UTC')})"
-    else:
-        text = f"every {_seconds(spec['interval'])}"
-    if spec.get("jitter"):
-        text += f", jitter {_seconds(spec['jitter'])}"
-    return text
-
-
-def _seconds(value: float) -> str:
-    seconds = float(value)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _schedules_table(items: list[ScheduleDescription]) -> Table:
@@ -43,7 +26,7 @@ def _schedules_table(items: list[ScheduleDescription]) -> Table:
         table.add_row(
             d.schedule_id,
             d.workflow_type,
-            _spec_text(d.spec),
+            spec_text(d.spec),
             Text("paused", style="yellow") if d.paused else Text("active", style="green"),
             "" if d.paused or not d.next_fire_times else fmt_time(d.next_fire_times[0]),
             "" if last is None else f"{last['workflow_id']} ({last['status']})",
@@ -58,9 +41,9 @@ def _description_table(d: ScheduleDescription) -> Table:
     table.add_row("Schedule ID", d.schedule_id)
     table.add_row("Workflow type", d.workflow_type)
     table.add_row("Task queue", d.task_queue)
-    table.add_row("Spec", _spec_text(d.spec))
+    table.add_row("Spec", spec_text(d.spec))
     table.add_row("Overlap", d.overlap)
-    table.add_row("Catch-up window", _seconds(d.catchup_window))
+    table.add_row("Catch-up window", seconds_text(d.catchup_window))
     table.add_row("State", "paused" if d.paused else "active")
     table.add_row("Next fires", ", ".join(fmt_time(t) for t in d.next_fire_times))
     if d.buffered_fire_time is not None:
