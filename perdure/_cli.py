@@ -853,6 +853,38 @@ def mcp(database: Database) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8233, show_default=True, help="0: a free one."
+)
+@click.option("--read-only", is_flag=True, help="Show runs and schedules; allow no actions.")
+@_database_options
+def ui(host: str, port: int, read_only: bool, database: Database) -> None:
+    """Serve the web UI: runs, their event histories, schedules, and actions on them.
+
+    Lists and filters runs; shows each run's input, outcome, what it waits on and
+    its whole history; signals, queries, cancels and terminates runs; starts
+    workflows; pauses, unpauses and triggers schedules. Queries need --app (they
+    replay the run with its code). Needs: pip install 'perdure[ui]'.
+
+    \b
+    perdure ui --app myapp:app --database-url postgresql://...
+    """
+    try:
+        from perdure import _ui
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("starlette", "uvicorn", "jinja2"):
+            raise
+        raise CLIError("perdure ui needs its extra: pip install 'perdure[ui]'") from exc
+    app = database.app()
+
+    def ready(url: str) -> None:
+        click.echo(f"perdure ui: serving {redact(app.database_url)} at {url}", err=True)
+
+    _ui.serve(app, host=host, port=port, read_only=read_only, on_ready=ready)
+
+
+@main.command()
 @click.option(
     "--database-url",
     metavar="URL",

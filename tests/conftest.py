@@ -15,11 +15,16 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from browser import chromium_page, why_no_browser
 from pgserver import Databases, Unavailable, postgres_databases
 
 import perdure
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 BACKENDS = os.environ.get("PERDURE_TEST_BACKENDS", "sqlite,postgres").split(",")
 
@@ -45,6 +50,19 @@ def postgres(_postgres: Databases | str) -> Databases:
             pytest.fail(f"CI=true but PostgreSQL is unavailable: {_postgres}")
         pytest.skip(_postgres)
     return _postgres
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Page]:
+    """A page of a headless chromium of the test's own (``browser.py``), for ``async def``
+    tests. Skipped without chromium or playwright, except under ``CI=true``."""
+    missing = why_no_browser()
+    if missing is not None:
+        if _on_ci():
+            pytest.fail(f"CI=true but no browser: {missing}")
+        pytest.skip(missing)
+    async with chromium_page() as opened:
+        yield opened
 
 
 @pytest.fixture(params=BACKENDS)

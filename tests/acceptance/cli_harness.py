@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,46 @@ class WorkerProcess:
     def close(self) -> None:
         if not self._log_file.closed:
             self._log_file.close()
+
+
+class UiProcess:
+    """``perdure ui --port 0 ...`` in a subprocess; ``url`` is where it listens."""
+
+    def __init__(self, cli: Cli, *args: str, log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perdure", "ui", "--port", "0", *args],
+            cwd=cli.cwd,
+            env=dict(cli.env),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = self._wait_url()
+
+    def _wait_url(self) -> str:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            found = re.search(r"perdure ui: serving .* at (http://\S+)/", self.log.read_text())
+            if found:
+                return found.group(1)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"perdure ui did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=TIMEOUT)
+        self._log_file.close()
+        return code
 
 
 APP_MODULE = '''

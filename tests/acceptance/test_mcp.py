@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_harness import Cli, WorkerProcess, base_env
+from cli_harness import Cli
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,29 +33,6 @@ TOOLS = {
     "terminate_workflow",
 }
 LIST_TOOLS = {"list_workflows", "get_workflow_history"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
-    """The command line on a migrated database of each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/perdure.db"
-    else:
-        databases = request.getfixturevalue("postgres")  # tests/conftest.py's server
-        url = databases.url_for(databases.create())
-    cli = Cli(cwd=tmp_path, env=base_env(PERDURE_DATABASE_URL=url))
-    cli.ok("db", "migrate")
-    return cli
-
-
-@pytest.fixture
-def agent(db_cli: Cli, app_module: Path, tmp_path: Path) -> Iterator[Cli]:
-    """``db_cli`` with a worker subprocess running ``wfapp:app`` on its database."""
-    worker = WorkerProcess(db_cli, "wfapp:app", log=tmp_path / "worker.log")
-    worker.wait_ready()
-    yield db_cli
-    code = worker.stop()
-    assert code == 0, worker.output()
 
 
 @asynccontextmanager
@@ -92,8 +69,8 @@ async def error_of(session: ClientSession, tool: str, **arguments: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
-async def test_an_agent_starts_a_run_and_reads_it_back(agent: Cli) -> None:
-    async with mcp_session(agent, "--app", "wfapp:app") as session:
+async def test_an_agent_starts_a_run_and_reads_it_back(served_db: Cli) -> None:
+    async with mcp_session(served_db, "--app", "wfapp:app") as session:
         tools = {tool.name for tool in (await session.list_tools()).tools}
         assert tools >= TOOLS
 
@@ -121,8 +98,8 @@ async def test_an_agent_starts_a_run_and_reads_it_back(agent: Cli) -> None:
         assert json.dumps(events)  # plain JSON all the way down
 
 
-async def test_an_agent_queries_updates_signals_and_ends_runs(agent: Cli) -> None:
-    async with mcp_session(agent, "--app", "wfapp:app") as session:
+async def test_an_agent_queries_updates_signals_and_ends_runs(served_db: Cli) -> None:
+    async with mcp_session(served_db, "--app", "wfapp:app") as session:
         await call(session, "start_workflow", workflow_type="counter", args=[5], workflow_id="c-1")
         assert await call(session, "update_workflow", workflow_id="c-1", name="add", args=[2]) == {
             "result": 7
@@ -157,8 +134,8 @@ async def test_an_agent_queries_updates_signals_and_ends_runs(agent: Cli) -> Non
         assert ended["status"] == "canceled"
 
 
-async def test_bad_calls_get_clear_errors_and_the_server_goes_on(agent: Cli) -> None:
-    async with mcp_session(agent, "--app", "wfapp:app") as session:
+async def test_bad_calls_get_clear_errors_and_the_server_goes_on(served_db: Cli) -> None:
+    async with mcp_session(served_db, "--app", "wfapp:app") as session:
         missing = await error_of(session, "describe_workflow", workflow_id="x'; DROP TABLE t;--")
         assert "no workflow" in missing
         assert "unknown status" in await error_of(session, "list_workflows", status="sleeping")
