@@ -23,6 +23,7 @@ from perdure._errors import (
 from perdure._history import HistoryEvent
 from perdure._retry import RetryPolicy
 from perdure._schedules import ScheduleDescription, ScheduleHandle
+from perdure._telemetry import Telemetry
 from perdure._workflow._context import WorkflowContext
 from perdure._workflow._runner import WorkflowInfo
 
@@ -42,6 +43,7 @@ __all__ = [
     "ScheduleDescription",
     "ScheduleHandle",
     "ScheduleNotFoundError",
+    "Telemetry",
     "TerminatedError",
     "TimeoutError",
     "UpdateFailedError",

@@ -28,6 +28,7 @@ from perdure._retry import RetryPolicy
 from perdure._schedules import ScheduleHandle, create_schedule
 from perdure._store import open_store
 from perdure._store._base import ListFilter, NewRun, RunClose, RunRecord, Store, utcnow
+from perdure._telemetry import Telemetry
 from perdure._worker._worker import Worker
 from perdure._workflow._runner import WorkflowInfo, WorkflowRunner
 
@@ -205,8 +206,10 @@ class App:
         lease_duration: Duration = "30s",
         graceful_shutdown_timeout: Duration = "10s",
         poll_interval: Duration = "200ms",
+        telemetry: Telemetry | None = None,
     ) -> Worker:
-        """A worker for ``async with``: it runs in this process until the block exits."""
+        """A worker for ``async with``: it runs in this process until the block exits.
+        ``telemetry``: where its OpenTelemetry spans and metrics go (docs/telemetry.md)."""
         return Worker(
             self,
             task_queues=task_queues,
@@ -215,6 +218,7 @@ class App:
             lease_duration=lease_duration,
             graceful_shutdown_timeout=graceful_shutdown_timeout,
             poll_interval=poll_interval,
+            telemetry=telemetry,
         )
 
     async def run_worker(self, **worker_options: Any) -> None:

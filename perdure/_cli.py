@@ -35,6 +35,7 @@ from perdure._durations import to_seconds
 from perdure._errors import ApplicationError, PerdureError, WorkflowFailedError
 from perdure._history import HistoryEvent
 from perdure._present import fmt_time, summarize_attributes
+from perdure._telemetry import Telemetry
 
 T = TypeVar("T")
 
@@ -490,6 +491,12 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--telemetry",
+    is_flag=True,
+    help="Emit OpenTelemetry spans and metrics to the globally configured providers "
+    "(e.g. under opentelemetry-instrument). Needs: pip install 'perdure[otel]'.",
+)
 def worker(
     app_ref: str,
     task_queues: tuple[str, ...],
@@ -500,6 +507,7 @@ def worker(
     lease_duration: float,
     graceful_shutdown_timeout: float,
     log_level: str,
+    telemetry: bool,
 ) -> None:
     """Run a worker for the App MODULE:APP until SIGTERM or Ctrl-C.
 
@@ -516,6 +524,10 @@ def worker(
     if not registry.workflows and not registry.activities:
         click.echo(f"warning: {app_ref} registers no workflows and no activities", err=True)
     queues = list(task_queues) or [app.default_task_queue]
+    try:
+        spans_and_metrics = Telemetry() if telemetry else None
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
 
     async def serve(app: App) -> None:
         await app.migrate()
@@ -526,6 +538,7 @@ def worker(
                 max_concurrent_activities=max_concurrent_activities,
                 lease_duration=lease_duration,
                 graceful_shutdown_timeout=graceful_shutdown_timeout,
+                telemetry=spans_and_metrics,
             )
         )
         while not app._workers and not task.done():

@@ -14,8 +14,9 @@ from perdure._activity_state import ActivityInfo
 from perdure._errors import ApplicationError
 from perdure._history import EventType
 from perdure._registry import ActivityDefinition
-from perdure._store._base import RemoteTask, StepRejected, Store, utcnow
+from perdure._store._base import RemoteTask, RunRecord, StepRejected, Store, utcnow
 from perdure._worker._activities import (
+    Outcome,
     PendingActivity,
     Slots,
     Verdict,
@@ -27,6 +28,7 @@ from perdure._worker._run import HeldRun, Input
 if TYPE_CHECKING:
     from perdure._app import App
     from perdure._clock import Clock
+    from perdure._telemetry import Telemetry
 
 log = logging.getLogger("perdure.worker")
 
@@ -44,6 +46,7 @@ class ActivityExecution:
     _remote: set[asyncio.Task[None]]
     _pool: ThreadPoolExecutor | None
     runs: dict[str, HeldRun]
+    telemetry: Telemetry | None
 
     @property
     def store(self) -> Store:
@@ -140,7 +143,11 @@ class ActivityExecution:
             now,
         )
         try:
-            outcome = await run_attempt(act, defn, info, self._pool_(), now)
+            outcome = await (
+                run_attempt(act, defn, info, self._pool_(), now)
+                if self.telemetry is None
+                else self._traced_attempt(task, act, defn, info, now)
+            )
         finally:
             self._activity_slots.release()
         act.end_attempt()
@@ -194,6 +201,32 @@ class ActivityExecution:
                 delay = min(delay * 2, 5.0)
 
     # -- activities ------------------------------------------------------
+    async def _traced_attempt(
+        self,
+        run: RunRecord | RemoteTask,
+        act: PendingActivity,
+        defn: ActivityDefinition,
+        info: Callable[[], ActivityInfo],
+        now: datetime,
+    ) -> Outcome:
+        """One attempt of ``act`` of ``run``, in a span of the run's trace."""
+        assert self.telemetry is not None
+        with self.telemetry.activity_attempt(
+            run_id=run.run_id,
+            workflow_id=run.workflow_id,
+            workflow_type=run.workflow_type,
+            activity_type=act.activity_type,
+            activity_id=act.activity_id,
+            attempt=act.attempt,
+            task_queue=run.task_queue,
+            due_at=act.visible_at,
+            now=now,
+        ) as attempt:
+            outcome = await run_attempt(act, defn, info, self._pool_(), now)
+            if outcome.error is not None:
+                attempt.failed(outcome.error)
+            return outcome
+
     def _launch_activity(self, run: HeldRun, act: PendingActivity) -> None:
         self._count_activity()
         act.task = asyncio.create_task(self._run_activity(run, act))
@@ -236,9 +269,12 @@ class ActivityExecution:
                         await self._lease_renewed()
                         continue
                     act.in_attempt = True
+                    info = partial(self._info, run, act, now)
                     try:
-                        outcome = await run_attempt(
-                            act, defn, partial(self._info, run, act, now), self._pool_(), now
+                        outcome = await (
+                            run_attempt(act, defn, info, self._pool_(), now)
+                            if self.telemetry is None
+                            else self._traced_attempt(run.record, act, defn, info, now)
                         )
                     finally:
                         act.in_attempt = False

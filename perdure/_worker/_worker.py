@@ -47,6 +47,7 @@ from perdure._workflow._runner import ParentInfo, WorkflowInfo, WorkflowRunner
 
 if TYPE_CHECKING:
     from perdure._app import App
+    from perdure._telemetry import Telemetry
 
 log = logging.getLogger("perdure.worker")
 
@@ -100,6 +101,7 @@ class Worker(ActivityExecution):
         lease_duration: Duration = "30s",
         graceful_shutdown_timeout: Duration = "10s",
         poll_interval: Duration = "200ms",
+        telemetry: Telemetry | None = None,
     ) -> None:
         if max_concurrent_workflows < 1 or max_concurrent_activities < 1:
             raise ValueError("max_concurrent_workflows and max_concurrent_activities must be >= 1")
@@ -112,6 +114,7 @@ class Worker(ActivityExecution):
             graceful_shutdown_timeout, what="graceful_shutdown_timeout"
         )
         self.poll_interval = to_seconds(poll_interval, what="poll_interval")
+        self.telemetry = telemetry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.state = WorkerState.STOPPED
         self.runs: dict[str, HeldRun] = {}
@@ -744,17 +747,7 @@ class Worker(ActivityExecution):
         for update_id, rejection in rejected.items():
             plan.reply(update_id, rejection)
         if plan.close is not None:
-            for update_id in run.runner.pending_updates:
-                plan.reply(
-                    update_id,
-                    {
-                        "error": {
-                            "type": "UpdateFailedError",
-                            "message": f"workflow closed ({plan.close.status}) before the "
-                            "update finished",
-                        }
-                    },
-                )
+            _fail_pending_updates(run, plan, plan.close.status)
         new_tasks, finished = task_rows(plan, finished)
         wake = wake_after(run, plan, now)
         commit = StepCommit(
@@ -776,7 +769,10 @@ class Worker(ActivityExecution):
             continue_as_new=plan.continue_as_new,
             start=start,
         )
-        await self.store.commit_step(commit)
+        if self.telemetry is None:
+            await self.store.commit_step(commit)
+        else:
+            await self._timed_commit(run, commit, self.telemetry)
         run.next_seq = seq
         if not commit.row_kept:  # else the lease is as the lease loop last renewed it
             run.lease_bound = max(run.lease_bound, began + self.lease_duration)
@@ -784,6 +780,11 @@ class Worker(ActivityExecution):
         for inbox_id in consumed:
             run.inbox_seen.discard(inbox_id)
         self._apply(run, plan)
+
+    async def _timed_commit(self, run: HeldRun, commit: StepCommit, telemetry: Telemetry) -> None:
+        began = time.perf_counter()
+        await self.store.commit_step(commit)
+        telemetry.step_committed(time.perf_counter() - began, run.record.workflow_type)
 
     def _apply(self, run: HeldRun, plan: Plan) -> None:
         """Act on a committed step: start activities and timers, or let the run go."""
@@ -794,6 +795,17 @@ class Worker(ActivityExecution):
         if plan.close is not None:
             self._forget(run)
             self.app._run_closed(run.run_id, plan.close)
+            if self.telemetry is not None:
+                rec = run.record
+                self.telemetry.run_closed(
+                    run_id=rec.run_id,
+                    workflow_id=rec.workflow_id,
+                    workflow_type=rec.workflow_type,
+                    task_queue=rec.task_queue,
+                    status=plan.close.status,
+                    created_at=rec.created_at,
+                    closed_at=utcnow(),
+                )
             return
         for timer_id in plan.canceled_timers:
             entry = run.timers.pop(timer_id, None)
@@ -872,3 +884,17 @@ class Worker(ActivityExecution):
         name = run.runner.pending_timers.get(timer_id, (None, None))[1]
         run.inputs.append(Input(EventType.TIMER_FIRED, name, {"timer_id": timer_id}))
         self._kick(run)
+
+
+def _fail_pending_updates(run: HeldRun, plan: Plan, status: str) -> None:
+    """A run that closes answers the updates still running in it with a failure."""
+    for update_id in run.runner.pending_updates:
+        plan.reply(
+            update_id,
+            {
+                "error": {
+                    "type": "UpdateFailedError",
+                    "message": f"workflow closed ({status}) before the update finished",
+                }
+            },
+        )

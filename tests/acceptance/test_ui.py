@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,13 +171,16 @@ def test_bad_requests_get_clear_errors_and_change_nothing(ui: UiProcess) -> None
 
 
 def test_a_long_history_is_paged(ui: UiProcess) -> None:
-    status, _, _ = http(
+    status, _, headers = http(
         f"{ui.url}/start", {"workflow_type": "ticker", "args": "[300]", "workflow_id": "t"}
     )
     assert status == 303
+    run_id = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["location"]).query)["run"][0]
     wait_status(ui, "t", "completed")
     status, body, _ = http(f"{ui.url}/workflow?id=t")
     assert status == 200
+    assert '<dd class="mono" title="the OpenTelemetry trace' in body
+    assert uuid.UUID(run_id).hex in body  # the trace id of the run's spans
     assert body.count('<td class="event">') == 500
     assert "events 1 to 500 of 602" in body
     status, body, _ = http(f"{ui.url}/workflow?id=t&page=2")
