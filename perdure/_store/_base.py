@@ -276,6 +276,7 @@ class ListFilter:
     namespace: str
     status: str | None = None
     workflow_type: str | None = None
+    workflow_id: str | None = None  # exactly this id (its runs: the web UI's run page)
     workflow_id_prefix: str | None = None
     search_attributes: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None

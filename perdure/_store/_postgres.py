@@ -363,6 +363,9 @@ class PostgresStore(Store):
         if flt.workflow_type is not None:
             clauses.append("workflow_type = %s")
             params.append(flt.workflow_type)
+        if flt.workflow_id is not None:
+            clauses.append("workflow_id = %s")
+            params.append(flt.workflow_id)
         if flt.workflow_id_prefix is not None:
             clauses.append("substr(workflow_id, 1, %s) = %s")
             params += [len(flt.workflow_id_prefix), flt.workflow_id_prefix]

@@ -144,6 +144,9 @@ class SQLiteStore(Store):
         if flt.workflow_type is not None:
             clauses.append("workflow_type = ?")
             params.append(flt.workflow_type)
+        if flt.workflow_id is not None:
+            clauses.append("workflow_id = ?")
+            params.append(flt.workflow_id)
         if flt.workflow_id_prefix is not None:
             clauses.append("substr(workflow_id, 1, ?) = ?")
             params += [len(flt.workflow_id_prefix), flt.workflow_id_prefix]

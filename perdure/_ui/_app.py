@@ -42,6 +42,7 @@ from perdure._errors import (
 )
 from perdure._present import fmt_time, seconds_text, spec_text
 from perdure._schedules import describe_record
+from perdure._store._base import ListFilter
 from perdure._ui import _views
 
 HERE = Path(__file__).parent
@@ -240,11 +241,9 @@ class UI:
         rows, page, pages = _views.page_of(
             _views.event_rows(events), _int_param(request, "page", 1, 1, 1_000_000)
         )
-        runs = [
-            d
-            async for d in self.app.list_workflows(workflow_id_prefix=workflow_id, limit=50)
-            if d.workflow_id == workflow_id
-        ]
+        runs = await store.list_runs(
+            ListFilter(namespace=self.app.namespace, workflow_id=workflow_id, limit=50)
+        )
         query = await self._answer_query(request, workflow_id, rec.run_id)
         refresh = _int_param(request, "refresh", 0, 0, 3600)
         return self.page(

@@ -169,6 +169,16 @@ def test_bad_requests_get_clear_errors_and_change_nothing(ui: UiProcess) -> None
     assert status == 303
     assert wait_status(ui, "w", "completed") == {"status": "completed", "result": "fine"}
 
+    # The run page lists the runs of exactly its id: a reused id has two, "w-2" is another.
+    for workflow_id in ("w", "w-2"):
+        form = {"workflow_type": "hello", "args": '["again"]', "workflow_id": workflow_id}
+        assert http(start, form)[0] == 303
+    status, body, _ = http(f"{ui.url}/workflow?id=w")
+    assert status == 200 and "Runs of this workflow id" in body
+    runs_table = body.split("Runs of this workflow id")[1].split("</table>")[0]
+    assert runs_table.count("<tr") == 3  # the header and two runs
+    assert "w-2" not in runs_table
+
 
 def test_a_long_history_is_paged(ui: UiProcess) -> None:
     status, _, headers = http(
