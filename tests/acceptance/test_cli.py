@@ -60,6 +60,26 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("args", "blocked", "extra"),
+    [
+        (("mcp",), "mcp", "mcp"),
+        (("ui",), "starlette", "ui"),
+        (("worker", "wfapp:app", "--telemetry"), "opentelemetry", "otel"),
+    ],
+)
+def test_a_missing_optional_extra_says_what_to_install(
+    cli: Cli, app_module: Path, tmp_path: Path, args: tuple[str, ...], blocked: str, extra: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / f"{blocked}.py").write_text(f"raise ImportError('blocked', name={blocked!r})\n")
+    proc = cli(*args, PYTHONPATH=f"{blocker}:{tmp_path}")
+    assert proc.returncode != 0
+    assert f"pip install 'perdure[{extra}]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_help_and_version(cli: Cli) -> None:
     out = cli.ok("--help")
     for command in [*COMMANDS, "db", "demo"]:

@@ -48,17 +48,3 @@ def test_worker_telemetry_exports_the_runs_spans(
         assert span["context"]["trace_id"] == f"0x{uuid.UUID(run_id).hex}"
         assert span["attributes"]["perdure.workflow_id"] == "otel-1"
     assert by_name["workflow hello"]["attributes"]["perdure.status"] == "completed"
-
-
-def test_telemetry_without_opentelemetry_says_what_to_install(
-    cli: Cli, app_module: Path, tmp_path: Path
-) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "opentelemetry.py").write_text(
-        "raise ImportError('blocked', name='opentelemetry')\n"
-    )
-    proc = cli("worker", "wfapp:app", "--telemetry", PYTHONPATH=f"{blocker}:{tmp_path}")
-    assert proc.returncode != 0
-    assert "pip install 'perdure[otel]'" in proc.stderr
-    assert "Traceback" not in proc.stderr

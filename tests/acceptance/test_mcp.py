@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,13 +158,3 @@ async def test_bad_calls_get_clear_errors_and_the_server_goes_on(served_db: Cli)
         await call(session, "signal_workflow", workflow_id="b", name="go", args=["Bo"])
         outcome = await call(session, "get_workflow_result", workflow_id="b", wait_seconds=60)
         assert outcome == {"status": "completed", "result": "Bo"}
-
-
-def test_without_the_sdk_the_command_says_what_to_install(cli: Cli, tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "mcp.py").write_text("raise ImportError('blocked', name='mcp')\n")
-    proc = cli("mcp", PYTHONPATH=str(blocker))
-    assert proc.returncode != 0
-    assert "pip install 'perdure[mcp]'" in proc.stderr
-    assert "Traceback" not in proc.stderr

@@ -213,16 +213,6 @@ def test_read_only_shows_and_refuses_actions(served_db: Cli, tmp_path: Path) -> 
         assert server.stop() == 0
 
 
-def test_without_the_extra_the_command_says_what_to_install(cli: Cli, tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "starlette.py").write_text("raise ImportError('blocked', name='starlette')\n")
-    proc = cli("ui", PYTHONPATH=str(blocker))
-    assert proc.returncode != 0
-    assert "pip install 'perdure[ui]'" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 # -- a real browser ----------------------------------------------------------
 async def reload_until(page: Page, selector: str, text: str, *, exact: bool = True) -> None:
     """Reload until ``selector`` shows ``text`` (or, not ``exact``, text containing it):
