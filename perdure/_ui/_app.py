@@ -11,6 +11,7 @@ browser cannot signal or terminate runs through a UI listening on localhost.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,6 +47,7 @@ from perdure._store._base import ListFilter
 from perdure._ui import _views
 
 HERE = Path(__file__).parent
+log = logging.getLogger("perdure.ui")
 MAX_FORM_BYTES = 1_000_000
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -193,6 +195,11 @@ class UI:
                 return self.error(request, str(exc), 404)
             except (PerdureError, ValueError, TypeError) as exc:
                 return self.error(request, " ".join(str(exc).split()) or type(exc).__name__, 400)
+            except Exception:  # the database is down, say: the page says so, the log says why
+                log.exception("perdure ui: %s %s failed", request.method, request.url.path)
+                return self.error(
+                    request, "unexpected error (the server's log has the details)", 500
+                )
 
         return endpoint
 

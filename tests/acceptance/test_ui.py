@@ -9,6 +9,7 @@ import asyncio
 import html
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -323,3 +324,22 @@ async def test_schedules_in_the_browser(ui: UiProcess, served_db: Cli, page: Pag
     await page.locator("table.runs tbody a").first.click()
     await reload_until(page, "#run-status", "completed")
     await expect(page.locator("#run-result")).to_have_text('"Hello, Sched!"')
+
+
+def test_a_database_error_is_a_500_page_and_the_server_goes_on(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("db", "migrate")
+    server = UiProcess(cli, log=tmp_path / "ui-db.log")
+    try:
+        database = sqlite3.connect(tmp_path / "perdure.db")
+        database.execute("ALTER TABLE perdure_workflows RENAME TO hidden")
+        database.commit()
+        status, body, _ = http(f"{server.url}/workflows")
+        assert status == 500 and "unexpected error" in error_text(body)
+        database.execute("ALTER TABLE hidden RENAME TO perdure_workflows")
+        database.commit()
+        database.close()
+        status, body, _ = http(f"{server.url}/workflows")
+        assert status == 200 and "No workflow runs" in body
+    finally:
+        assert server.stop() == 0
+    assert "no such table: perdure_workflows" in server.log.read_text()
