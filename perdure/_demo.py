@@ -121,6 +121,8 @@ async def _main(database_url: str) -> None:
     out.print(history_table(events, title=title))
     again = f"perdure history {order.order_id} --database-url {database_url}"
     out.print(f"[dim]See it again: {again}[/]")
+    browse = f"pip install 'perdure[ui]' && perdure ui --database-url {database_url}"
+    out.print(f"[dim]Or in a browser: {browse}[/]")
 
 
 def run(database_url: str | None = None) -> None:

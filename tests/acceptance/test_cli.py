@@ -82,13 +82,13 @@ def test_a_missing_optional_extra_says_what_to_install(
 
 def test_help_and_version(cli: Cli) -> None:
     out = cli.ok("--help")
-    for command in [*COMMANDS, "db", "demo"]:
+    for command in [*COMMANDS, "db", "demo", "ui", "mcp"]:
         assert command in out
     assert "migrate" in cli.ok("db", "--help")
     assert perdure.__version__ in cli.ok("--version")
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "demo", "db migrate"])
+@pytest.mark.parametrize("command", [*COMMANDS, "demo", "db migrate", "ui", "mcp"])
 def test_command_help(cli: Cli, command: str) -> None:
     assert f"Usage: perdure {command}" in cli.ok(*command.split(), "--help")
 
@@ -369,6 +369,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "shipped",
         '"status": "shipped"',
         "workflow_completed",
+        "perdure ui --database-url",
     ):
         assert text in out, out
     assert (tmp_path / "perdure-demo.db").exists()
