@@ -876,7 +876,7 @@ def ui(host: str, port: int, read_only: bool, database: Database) -> None:
     """Serve the web UI: runs, their event histories, schedules, and actions on them.
 
     Lists and filters runs; shows each run's input, outcome, what it waits on and
-    its whole history; signals, queries, cancels and terminates runs; starts
+    its whole history; signals, queries, updates, cancels and terminates runs; starts
     workflows; pauses, unpauses and triggers schedules. Queries need --app (they
     replay the run with its code). Needs: pip install 'perdure[ui]'.
 

@@ -16,6 +16,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -50,6 +51,7 @@ HERE = Path(__file__).parent
 log = logging.getLogger("perdure.ui")
 MAX_FORM_BYTES = 1_000_000
 DEFAULT_LIMIT = 100
+UPDATE_WAIT_SECONDS = 60.0  # an update's handler may wait on activities; the page waits this long
 MAX_LIMIT = 1000
 STATUSES = [s.value for s in WorkflowStatus]
 # What a redirect after an action says on the page it lands on (a fixed set: the
@@ -239,6 +241,17 @@ class UI:
         if not workflow_id:
             raise BadRequest("which workflow? (the id parameter is missing)")
         run_id = request.query_params.get("run") or None
+        name = request.query_params.get("query", "").strip()
+        query = None
+        if name:  # a query asked from the page: a GET, since queries change nothing
+            handle = self.app.get_handle(workflow_id, run_id=run_id)
+            query = await _answered(name, request.query_params.get("qargs", ""), handle.query)
+        return await self._run_page(request, workflow_id, run_id, query=query)
+
+    async def _run_page(
+        self, request: Request, workflow_id: str, run_id: str | None, **answers: Any
+    ) -> Response:
+        """A run's page; ``answers``: a query's or an update's, shown on it."""
         store = await self.app._get_store()
         rec = await store.get_run(self.app.namespace, workflow_id, run_id)
         if rec is None:
@@ -251,7 +264,6 @@ class UI:
         runs = await store.list_runs(
             ListFilter(namespace=self.app.namespace, workflow_id=workflow_id, limit=50)
         )
-        query = await self._answer_query(request, workflow_id, rec.run_id)
         refresh = _int_param(request, "refresh", 0, 0, 3600)
         return self.page(
             request,
@@ -265,23 +277,10 @@ class UI:
             per_page=_views.EVENTS_PER_PAGE,
             event_count=len(events),
             pending=_views.pending(events) if rec.status == "running" else _views.Pending(),
-            query=query,
+            query=answers.get("query"),
+            update=answers.get("update"),
             refresh=refresh if rec.status == "running" else 0,
         )
-
-    async def _answer_query(self, request: Request, workflow_id: str, run_id: str) -> Any:
-        """A query asked from the run page (a GET: queries change nothing)."""
-        name = request.query_params.get("query", "").strip()
-        if not name:
-            return None
-        answer: dict[str, Any] = {"name": name, "args": request.query_params.get("qargs", "")}
-        try:
-            args = parse_args(answer["args"])
-            value = await self.app.get_handle(workflow_id, run_id=run_id).query(name, *args)
-            answer["answer"] = _views.pretty(to_jsonable(value))
-        except (BadRequest, PerdureError, ValueError, TypeError) as exc:
-            answer["error"] = " ".join(str(exc).split()) or type(exc).__name__
-        return answer
 
     async def start(self, request: Request) -> Response:
         if request.method == "GET":
@@ -310,6 +309,12 @@ class UI:
         if action == "signal":
             await handle.signal(_required(form, "name"), *parse_args(form.get("args", "")))
             done = "signaled"
+        elif action == "update":
+            # The page shows the update's return (or its rejection) at once, so it is
+            # rendered here rather than redirected to.
+            call = partial(handle.update, timeout=UPDATE_WAIT_SECONDS)
+            update = await _answered(_required(form, "name"), form.get("args", ""), call)
+            return await self._run_page(request, workflow_id, run_id, update=update)
         elif action == "cancel":
             await handle.cancel(form.get("reason", "").strip() or None)
             done = "canceled"
@@ -365,6 +370,18 @@ class UI:
             raise BadRequest(f"unknown action {action!r}")
         done = {"pause": "paused", "unpause": "unpaused", "trigger": "triggered"}[action]
         return RedirectResponse(_url("/schedule", id=handle.schedule_id, done=done), 303)
+
+
+async def _answered(
+    name: str, args_text: str, ask: Callable[..., Awaitable[Any]]
+) -> dict[str, Any]:
+    """What ``ask(name, *args)`` (a query or an update) returned, or why it did not."""
+    answer: dict[str, Any] = {"name": name, "args": args_text}
+    try:
+        answer["answer"] = _views.pretty(to_jsonable(await ask(name, *parse_args(args_text))))
+    except (BadRequest, PerdureError, ValueError, TypeError) as exc:
+        answer["error"] = " ".join(str(exc).split()) or type(exc).__name__
+    return answer
 
 
 def _to_run(workflow_id: str, run_id: str | None, done: str) -> Response:

@@ -265,7 +265,7 @@ async def test_a_run_is_started_signaled_and_read_in_the_browser(ui: UiProcess, 
     await expect(page.locator("#run-status")).to_have_text("completed")
 
 
-async def test_query_and_terminate_in_the_browser(
+async def test_query_update_and_terminate_in_the_browser(
     ui: UiProcess, served_db: Cli, page: Page
 ) -> None:
     served_db.ok("start", "counter", "5", "-w", "count-1")
@@ -277,6 +277,18 @@ async def test_query_and_terminate_in_the_browser(
     await query.get_by_label("Query").fill("nope")
     await query.get_by_role("button", name="Ask").click()
     await expect(page.locator("#query-answer")).to_contain_text("nope")
+
+    update = page.locator("#update-form")
+    await update.get_by_label("Update").fill("add")
+    await update.get_by_label("args").fill("[2]")
+    await update.get_by_role("button", name="Call").click()
+    await expect(page.locator("#update-answer")).to_have_text("7")
+    await update.get_by_label("args").fill("[-1]")
+    await update.get_by_role("button", name="Call").click()
+    await expect(page.locator("#update-answer")).to_contain_text("n must be positive")
+    await query.get_by_label("Query").fill("value")
+    await query.get_by_role("button", name="Ask").click()
+    await expect(page.locator("#query-answer")).to_have_text("7")
 
     terminate = page.locator("#terminate-form")
     await terminate.get_by_label("Reason").fill("wrong customer")
