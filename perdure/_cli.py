@@ -871,8 +871,17 @@ def mcp(database: Database) -> None:
     "--port", type=click.IntRange(0, 65535), default=8233, show_default=True, help="0: a free one."
 )
 @click.option("--read-only", is_flag=True, help="Show runs and schedules; allow no actions.")
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer to this Host name (a reverse proxy's); repeatable.",
+)
 @_database_options
-def ui(host: str, port: int, read_only: bool, database: Database) -> None:
+def ui(
+    host: str, port: int, read_only: bool, allowed_hosts: tuple[str, ...], database: Database
+) -> None:
     """Serve the web UI: runs, their event histories, schedules, and actions on them.
 
     Lists and filters runs; shows each run's input, outcome, what it waits on and
@@ -894,7 +903,14 @@ def ui(host: str, port: int, read_only: bool, database: Database) -> None:
     def ready(url: str) -> None:
         click.echo(f"perdure ui: serving {redact(app.database_url)} at {url}", err=True)
 
-    _ui.serve(app, host=host, port=port, read_only=read_only, on_ready=ready)
+    _ui.serve(
+        app,
+        host=host,
+        port=port,
+        read_only=read_only,
+        allowed_hosts=list(allowed_hosts),
+        on_ready=ready,
+    )
 
 
 @main.command()

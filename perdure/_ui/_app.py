@@ -439,11 +439,13 @@ def serve(
     host: str,
     port: int,
     read_only: bool = False,
+    allowed_hosts: list[str] | None = None,
     on_ready: Callable[[str], None] = print,
 ) -> None:
     """Serve the UI until SIGINT/SIGTERM; ``on_ready`` gets its URL once it listens
-    (``port`` 0: a free port, which the URL names)."""
-    allowed = LOOPBACK_NAMES if host in LOOPBACK_NAMES else None
+    (``port`` 0: a free port, which the URL names). On a loopback address it answers
+    to loopback names and ``allowed_hosts`` (a proxy's public name) only."""
+    allowed = [*LOOPBACK_NAMES, *(allowed_hosts or [])] if host in LOOPBACK_NAMES else None
     asgi = create_app(app, read_only=read_only, allowed_hosts=allowed)
     sock = socket.create_server((host, port), family=_family(host))
     config = uvicorn.Config(asgi, log_level="warning", lifespan="on", access_log=False)

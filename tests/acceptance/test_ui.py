@@ -355,3 +355,14 @@ def test_a_database_error_is_a_500_page_and_the_server_goes_on(cli: Cli, tmp_pat
     finally:
         assert server.stop() == 0
     assert "no such table: perdure_workflows" in server.log.read_text()
+
+
+def test_a_proxys_host_name_can_be_allowed(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("db", "migrate")
+    server = UiProcess(cli, "--allowed-host", "ops.example", log=tmp_path / "ui-proxy.log")
+    try:
+        assert http(f"{server.url}/workflows", Host="ops.example")[0] == 200
+        assert http(f"{server.url}/workflows", Host="evil.example")[0] == 400
+        assert http(f"{server.url}/workflows")[0] == 200  # 127.0.0.1:PORT
+    finally:
+        assert server.stop() == 0
