@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _SCOPE = "perdure"
 _LOW_64 = (1 << 64) - 1
+_CONTEXTS_KEPT = 4096
 
 
 def trace_id_of(run_id: str) -> int:
@@ -54,6 +55,7 @@ class Telemetry:
             ) from exc
         version = metadata.version("perdure")
         self._trace = trace
+        self._contexts: dict[str, Context] = {}
         self.tracer = trace.get_tracer(_SCOPE, version, tracer_provider=tracer_provider)
         meter = metrics.get_meter(_SCOPE, version, meter_provider=meter_provider)
         self.activity_duration = meter.create_histogram(
@@ -83,7 +85,16 @@ class Telemetry:
         )
 
     def run_context(self, run_id: str) -> Context:
-        """The context whose parent is the run's root: its spans' trace id is the run id."""
+        """The context whose parent is the run's root: its spans' trace id is the run id.
+        Kept for the runs in flight: each of a run's steps asks for it again."""
+        context = self._contexts.get(run_id)
+        if context is None:
+            if len(self._contexts) >= _CONTEXTS_KEPT:
+                self._contexts.clear()
+            context = self._contexts[run_id] = self._new_run_context(run_id)
+        return context
+
+    def _new_run_context(self, run_id: str) -> Context:
         trace = self._trace
         ids = uuid.UUID(run_id).int
         root = trace.SpanContext(
