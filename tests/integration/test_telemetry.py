@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
 
 import perdure
@@ -182,3 +183,31 @@ async def test_an_activity_on_another_workers_task_queue_joins_the_runs_trace(
     assert span.attributes["perdure.workflow_type"] == "film"
     assert span.attributes["perdure.task_queue"] == "gpu"
     assert collected.finished("workflow film") == []  # the orchestrator emits nothing
+
+
+async def test_a_ratio_sampler_traces_each_run_whole_or_not_at_all(app: perdure.App) -> None:
+    spans = InMemorySpanExporter()
+    half = TraceIdRatioBased(0.5)
+    tracer_provider = TracerProvider(sampler=ParentBased(half, remote_parent_sampled=half))
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+
+    @app.activity(name="step")
+    async def step(i: int) -> int:
+        return i
+
+    @app.workflow(name="two-steps")
+    async def two_steps(ctx: WorkflowContext) -> int:
+        return await ctx.activity(step, 1) + await ctx.activity(step, 2)
+
+    async with app.worker(telemetry=Telemetry(tracer_provider=tracer_provider)):
+        handles = [await app.start_workflow(two_steps) for _ in range(12)]
+        for handle in handles:
+            assert await handle.result(timeout=30) == 3
+    tracer_provider.shutdown()
+
+    traced: Counter[int] = Counter(s.context.trace_id for s in spans.get_finished_spans())
+    for handle in handles:
+        trace_id = uuid.UUID(handle.run_id).int
+        # TraceIdRatioBased keeps a trace when the id's low 64 bits are under ratio * 2**64.
+        kept = (trace_id & ((1 << 64) - 1)) < half.bound
+        assert traced[trace_id] == (3 if kept else 0)  # two activities and the run's end
