@@ -51,8 +51,8 @@ HERE = Path(__file__).parent
 log = logging.getLogger("perdure.ui")
 MAX_FORM_BYTES = 1_000_000
 DEFAULT_LIMIT = 100
-UPDATE_WAIT_SECONDS = 60.0  # an update's handler may wait on activities; the page waits this long
 MAX_LIMIT = 1000
+UPDATE_WAIT_SECONDS = 60.0  # an update's handler may wait on activities; the page waits this long
 STATUSES = [s.value for s in WorkflowStatus]
 # What a redirect after an action says on the page it lands on (a fixed set: the
 # notice in the URL is a key, never text a link could make the page say).
@@ -132,7 +132,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 async def _form(request: Request) -> dict[str, str]:
     """A urlencoded form's fields (the last value of each), size-bounded."""
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
