@@ -151,8 +151,12 @@ class SQLiteStore(Store):
             clauses.append("substr(workflow_id, 1, ?) = ?")
             params += [len(flt.workflow_id_prefix), flt.workflow_id_prefix]
         for key, value in flt.search_attributes.items():
-            clauses.append("json_extract(search_attributes, ?) = json_extract(?, '$')")
-            params += [f'$."{key}"', dumps(value)]
+            # json_each, not a JSON path: a path cannot name a key that holds a '"'.
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(w.search_attributes) AS a"
+                " WHERE a.key = ? AND a.value = json_extract(?, '$'))"
+            )
+            params += [key, dumps(value)]
         sql = (
             f"{RUNS_WITH_HISTORY_END} WHERE "
             + " AND ".join(clauses)

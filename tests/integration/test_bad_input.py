@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,3 +203,26 @@ async def test_undecodable_signal_inserted_with_sql_is_kept_not_delivered(
         assert (await handle.describe()).status == "running"  # the workflow is unharmed
         await handle.signal("data", {"ok": True})
         assert await handle.result(timeout=20) == {"ok": True}
+
+
+async def test_search_attribute_filters_take_any_key_and_match_the_json_type(
+    app: perdure.App,
+) -> None:
+    @app.workflow(name="tagged")
+    async def tagged(ctx: WorkflowContext, attrs: dict[str, Any]) -> None:
+        ctx.upsert_search_attributes(attrs)
+
+    odd = {'say "hi"': 1, "x'; DROP TABLE perdure_workflows;--": "y", "code": "42"}
+    nested = {"n": {"a": [1, 2]}, "flag": True}
+    async with app.worker():
+        await app.execute_workflow(tagged, odd, workflow_id="odd")
+        await app.execute_workflow(tagged, nested, workflow_id="nested")
+
+    async def found(**attrs: Any) -> list[str]:
+        return [d.workflow_id async for d in app.list_workflows(search_attributes=attrs)]
+
+    for key, value in odd.items():
+        assert await found(**{key: value}) == ["odd"], key
+    assert await found(code=42) == []  # the string "42" is not the number 42
+    assert await found(n={"a": [1, 2]}, flag=True) == ["nested"]
+    assert await found(n={"a": [1]}) == []
