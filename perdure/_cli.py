@@ -34,7 +34,7 @@ from perdure._converter import PayloadError, to_jsonable
 from perdure._durations import to_seconds
 from perdure._errors import ApplicationError, PerdureError, WorkflowFailedError
 from perdure._history import HistoryEvent
-from perdure._present import fmt_time, summarize_attributes
+from perdure._present import attribute_filter, fmt_time, summarize_attributes
 from perdure._telemetry import Telemetry
 
 T = TypeVar("T")
@@ -309,6 +309,15 @@ def parse_json_args(
                 param=param,
             ) from None
     return tuple(out)
+
+
+def _attribute_filters(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, Any]:
+    try:
+        return dict(attribute_filter(text) for text in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _duration(
@@ -648,6 +657,15 @@ def result(
 @click.option("--type", "workflow_type", metavar="TYPE", help="Only this workflow type.")
 @click.option("--prefix", metavar="PREFIX", help="Only workflow ids starting with this.")
 @click.option(
+    "--attr",
+    "attributes",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_attribute_filters,
+    help="Only runs whose search attribute KEY is VALUE (JSON if it parses, else text); "
+    "repeatable.",
+)
+@click.option(
     "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most N."
 )
 @_json_option
@@ -656,11 +674,16 @@ def list_(
     status: str | None,
     workflow_type: str | None,
     prefix: str | None,
+    attributes: dict[str, Any],
     limit: int,
     as_json: bool,
     database: Database,
 ) -> None:
-    """List workflow runs, newest first."""
+    """List workflow runs, newest first.
+
+    \b
+    perdure list --status failed --attr customer=cus_42 --attr priority=1
+    """
 
     async def go(app: App) -> list[WorkflowDescription]:
         return [
@@ -669,6 +692,7 @@ def list_(
                 status=status.lower() if status else None,
                 workflow_type=workflow_type,
                 workflow_id_prefix=prefix,
+                search_attributes=attributes,
                 limit=limit,
             )
         ]

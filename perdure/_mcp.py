@@ -163,11 +163,13 @@ def _add_reading_tools(server: MCPServer, app: App) -> None:
         status: str | None = None,
         workflow_type: str | None = None,
         workflow_id_prefix: str | None = None,
+        search_attributes: dict[str, Any] | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[dict[str, Any]]:
         """Workflow runs, newest first.
 
         status: running, completed, failed, canceled, terminated or continued_as_new.
+        search_attributes: only runs whose search attributes hold each of these values.
         """
         wanted = _status_filter(status)
         if not 1 <= limit <= 1000:
@@ -178,6 +180,7 @@ def _add_reading_tools(server: MCPServer, app: App) -> None:
                 status=wanted,
                 workflow_type=workflow_type,
                 workflow_id_prefix=workflow_id_prefix,
+                search_attributes=search_attributes,
                 limit=limit,
             )
         ]

@@ -88,3 +88,16 @@ def spec_text(spec: dict[str, Any]) -> str:
     if spec.get("jitter"):
         text += f", jitter {seconds_text(spec['jitter'])}"
     return text
+
+
+def attribute_filter(text: str) -> tuple[str, Any]:
+    """A search attribute filter as a person types it, ``KEY=VALUE``: the value is JSON
+    when it parses as JSON (``3``, ``true``, ``"42"``, ``{...}``), else the text itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"a search attribute filter is KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

@@ -42,7 +42,7 @@ from perdure._errors import (
     WorkflowNotFoundError,
     failure_to_dict,
 )
-from perdure._present import fmt_time, seconds_text, spec_text
+from perdure._present import attribute_filter, fmt_time, seconds_text, spec_text
 from perdure._schedules import describe_record
 from perdure._store._base import ListFilter
 from perdure._ui import _views
@@ -215,6 +215,11 @@ class UI:
             raise BadRequest(f"unknown status {status!r}; one of: {', '.join(STATUSES)}")
         workflow_type = request.query_params.get("type") or None
         prefix = request.query_params.get("prefix") or None
+        attr = request.query_params.get("attr", "").strip()
+        try:
+            attributes = dict([attribute_filter(attr)]) if attr else {}
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         runs = [
             d
@@ -222,6 +227,7 @@ class UI:
                 status=status,
                 workflow_type=workflow_type,
                 workflow_id_prefix=prefix,
+                search_attributes=attributes,
                 limit=limit + 1,
             )
         ]
@@ -234,6 +240,7 @@ class UI:
             status_filter=status or "",
             workflow_type=workflow_type or "",
             prefix=prefix or "",
+            attr=attr,
         )
 
     async def run(self, request: Request) -> Response:

@@ -185,6 +185,11 @@ async def waiter(ctx: WorkflowContext, signal_name: str) -> Any:
     return await ctx.wait_for_signal(signal_name, timeout="10m")
 
 
+@app.workflow(name="tagged")
+async def tagged(ctx: WorkflowContext, attributes: dict[str, Any]) -> None:
+    ctx.upsert_search_attributes(attributes)
+
+
 @app.workflow(name="counter")
 async def counter(ctx: WorkflowContext, start: int) -> int:
     value = start

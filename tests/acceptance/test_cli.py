@@ -267,6 +267,26 @@ def test_worker_on_another_database_and_namespace(
 @pytest.mark.skipif(
     not hasattr(perdure.WorkflowHandle, "terminate"), reason="the engine has no terminate yet"
 )
+def test_list_by_search_attributes(cli: Cli, worker: WorkerProcess) -> None:
+    for workflow_id, attributes in [
+        ("t-1", {"customer": "cus_42", "priority": 1}),
+        ("t-2", {"customer": "cus_42", "priority": 2}),
+        ("t-3", {"customer": "42", "priority": 1}),
+    ]:
+        cli.ok("start", "tagged", json.dumps(attributes), "-w", workflow_id, "--wait")
+
+    def listed(*filters: str) -> list[str]:
+        args = [a for f in filters for a in ("--attr", f)]
+        return [d["workflow_id"] for d in json.loads(cli.ok("list", "--json", *args))]
+
+    assert listed("customer=cus_42") == ["t-2", "t-1"]
+    assert listed("customer=cus_42", "priority=1") == ["t-1"]
+    assert listed('customer="42"') == ["t-3"]  # JSON: the string "42"
+    assert listed("customer=42") == []  # JSON: the number 42
+    proc = cli("list", "--attr", "customer")
+    assert proc.returncode == 2 and "KEY=VALUE" in proc.stderr
+
+
 def test_terminate(cli: Cli, worker: WorkerProcess) -> None:
     cli.ok("start", "waiter", '"never"', "-w", "term-1", "--app", "wfapp:app")
     assert "term-1" in cli.ok("terminate", "term-1", "--reason", "obsolete")

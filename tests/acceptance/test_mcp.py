@@ -88,6 +88,18 @@ async def test_an_agent_starts_a_run_and_reads_it_back(served_db: Cli) -> None:
 
         listed = await call(session, "list_workflows", workflow_type="hello")
         assert [r["workflow_id"] for r in listed] == ["greet-ada"]
+
+        await call(
+            session,
+            "start_workflow",
+            workflow_type="tagged",
+            args=[{"customer": "cus_42"}],
+            workflow_id="tag-1",
+        )
+        await call(session, "get_workflow_result", workflow_id="tag-1", wait_seconds=60)
+        for customer, expected in [("cus_42", ["tag-1"]), ("cus_7", [])]:
+            listed = await call(session, "list_workflows", search_attributes={"customer": customer})
+            assert [r["workflow_id"] for r in listed] == expected
         assert await call(session, "list_workflows", status="running") == []
 
         events = await call(session, "get_workflow_history", workflow_id="greet-ada")

@@ -199,6 +199,23 @@ def test_a_long_history_is_paged(ui: UiProcess) -> None:
     assert "workflow_completed" in body and "events 501 to 602 of 602" in body
 
 
+def test_runs_are_filtered_by_a_search_attribute(ui: UiProcess) -> None:
+    for workflow_id, customer in [("a-1", "cus_42"), ("a-2", "cus_7")]:
+        form = {
+            "workflow_type": "tagged",
+            "args": json.dumps([{"customer": customer}]),
+            "workflow_id": workflow_id,
+        }
+        assert http(f"{ui.url}/start", form)[0] == 303
+        wait_status(ui, workflow_id, "completed")
+    query = urllib.parse.urlencode({"attr": "customer=cus_42"})
+    status, body, _ = http(f"{ui.url}/workflows?{query}")
+    assert status == 200 and ">a-1</a>" in body and ">a-2</a>" not in body
+    assert 'value="customer=cus_42"' in body  # the filter stays in its field
+    status, body, _ = http(f"{ui.url}/workflows?attr=customer")
+    assert status == 400 and "KEY=VALUE" in error_text(body)
+
+
 def test_read_only_shows_and_refuses_actions(served_db: Cli, tmp_path: Path) -> None:
     served_db.ok("start", "waiter", '"go"', "-w", "ro-1")
     server = UiProcess(served_db, "--read-only", log=tmp_path / "ui-ro.log")
