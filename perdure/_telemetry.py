@@ -142,6 +142,9 @@ class Telemetry:
             done = Attempt(self, span)
             try:
                 yield done
+            except BaseException:
+                done.canceled()
+                raise
             finally:
                 self.activity_duration.record(
                     time.perf_counter() - started,
@@ -193,6 +196,12 @@ class Attempt:
         self.telemetry = telemetry
         self.span = span
         self.outcome = "completed"
+
+    def canceled(self) -> None:
+        """The attempt did not end: its worker stopped (or gave up on it) meanwhile."""
+        trace = self.telemetry._trace
+        self.outcome = "canceled"
+        self.span.set_status(trace.Status(trace.StatusCode.ERROR, "the attempt was canceled"))
 
     def failed(self, error: BaseException) -> None:
         trace = self.telemetry._trace

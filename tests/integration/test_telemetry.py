@@ -3,6 +3,7 @@ on every backend: a span per activity attempt and per closed run, in the run's t
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -211,3 +212,29 @@ async def test_a_ratio_sampler_traces_each_run_whole_or_not_at_all(app: perdure.
         # TraceIdRatioBased keeps a trace when the id's low 64 bits are under ratio * 2**64.
         kept = (trace_id & ((1 << 64) - 1)) < half.bound
         assert traced[trace_id] == (3 if kept else 0)  # two activities and the run's end
+
+
+async def test_an_attempt_cut_short_by_shutdown_is_counted_as_canceled(
+    app: perdure.App, collected: Collected
+) -> None:
+    started = asyncio.Event()
+
+    @app.activity(name="slow")
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    @app.workflow(name="waits")
+    async def waits(ctx: WorkflowContext) -> None:
+        await ctx.activity(slow)
+
+    async with app.worker(telemetry=collected.telemetry, graceful_shutdown_timeout="50ms"):
+        await app.start_workflow(waits, workflow_id="cut-short")
+        await asyncio.wait_for(started.wait(), 30)
+
+    (span,) = collected.finished("activity slow")
+    assert span.status.status_code is StatusCode.ERROR  # the cancellation, recorded
+    outcomes = [
+        p.attributes["perdure.outcome"] for p in collected.points("perdure.activity.duration")
+    ]
+    assert outcomes == ["canceled"]
