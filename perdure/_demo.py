@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 import perdure
 from perdure import App, RetryPolicy, WorkflowContext
 from perdure._cli import console, history_table, redact
@@ -122,7 +124,7 @@ async def _main(database_url: str) -> None:
     again = f"perdure history {order.order_id} --database-url {database_url}"
     out.print(f"[dim]See it again: {again}[/]")
     browse = f"pip install 'perdure[ui]' && perdure ui --database-url {database_url}"
-    out.print(f"[dim]Or in a browser: {browse}[/]")
+    out.print(f"[dim]Or in a browser: {escape(browse)}[/]")  # "[ui]" is not markup
 
 
 def run(database_url: str | None = None) -> None:

@@ -389,7 +389,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "shipped",
         '"status": "shipped"',
         "workflow_completed",
-        "perdure ui --database-url",
+        "pip install 'perdure[ui]' && perdure ui --database-url",
     ):
         assert text in out, out
     assert (tmp_path / "perdure-demo.db").exists()
