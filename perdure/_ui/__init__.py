@@ -6,6 +6,7 @@ runs; starts workflows; lists, pauses, unpauses and triggers schedules. Needs th
 ``ui`` extra (Starlette, uvicorn, Jinja2): pip install 'perdure[ui]'.
 """
 
-from perdure._ui._app import create_app, serve
+from perdure._ui._app import create_app
+from perdure._ui._server import serve
 
 __all__ = ["create_app", "serve"]
