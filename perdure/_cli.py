@@ -34,7 +34,7 @@ from perdure._converter import PayloadError, to_jsonable
 from perdure._durations import to_seconds
 from perdure._errors import ApplicationError, PerdureError, WorkflowFailedError
 from perdure._history import HistoryEvent
-from perdure._present import attribute_filter, fmt_time, summarize_attributes
+from perdure._present import attribute_filter, fmt_time, message_of, summarize_attributes
 from perdure._telemetry import Telemetry
 
 T = TypeVar("T")
@@ -86,10 +86,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = message_of(exc)
     if isinstance(exc, PerdureError | ValueError | PayloadError | OSError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return text
+    return text if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 class _Group(click.Group):
@@ -108,6 +108,16 @@ class _Group(click.Group):
             raise CLIError(
                 f"{_one_line(exc)} (unexpected; set PERDURE_DEBUG=1 for the traceback)"
             ) from exc
+
+
+def _import_extra(module: str, extra: str, *, needs: tuple[str, ...]) -> Any:
+    """``module``, or a one-line error naming the extra that installs what it needs."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in needs:
+            raise
+        raise CLIError(f"perdure {extra} needs its extra: pip install 'perdure[{extra}]'") from exc
 
 
 # -- apps and databases ----------------------------------------------------
@@ -603,7 +613,7 @@ def start(
                 workflow_type, *args, workflow_id=workflow_id, task_queue=task_queue
             )
         except TypeError as exc:  # arguments that do not fit the registered workflow
-            raise CLIError(" ".join(str(exc).split())) from exc
+            raise CLIError(message_of(exc)) from exc
         if as_json and not wait:
             _echo_json({"workflow_id": handle.workflow_id, "run_id": handle.run_id})
         elif not as_json:
@@ -880,12 +890,7 @@ def mcp(database: Database) -> None:
     \b
     perdure mcp --app myapp:app --database-url postgresql://...
     """
-    try:
-        from perdure import _mcp
-    except ImportError as exc:
-        if exc.name is None or not exc.name.startswith("mcp"):
-            raise
-        raise CLIError("perdure mcp needs the MCP SDK: pip install 'perdure[mcp]'") from exc
+    _mcp = _import_extra("perdure._mcp", "mcp", needs=("mcp", "mcp_types"))
     _mcp.serve(database.app())
 
 
@@ -916,12 +921,7 @@ def ui(
     \b
     perdure ui --app myapp:app --database-url postgresql://...
     """
-    try:
-        from perdure import _ui
-    except ImportError as exc:
-        if exc.name is None or exc.name.split(".")[0] not in ("starlette", "uvicorn", "jinja2"):
-            raise
-        raise CLIError("perdure ui needs its extra: pip install 'perdure[ui]'") from exc
+    _ui = _import_extra("perdure._ui", "ui", needs=("starlette", "uvicorn", "jinja2"))
     app = database.app()
 
     def ready(url: str) -> None:

@@ -22,6 +22,7 @@ from perdure._app import App
 from perdure._client import WorkflowDescription, WorkflowStatus
 from perdure._converter import to_jsonable
 from perdure._errors import PerdureError, TimeoutError, WorkflowFailedError, failure_to_dict
+from perdure._present import message_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,7 +56,7 @@ def told(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except (PerdureError, ValueError, TypeError) as exc:  # PayloadError is a TypeError
-            raise ToolError(" ".join(str(exc).split()) or type(exc).__name__) from exc
+            raise ToolError(message_of(exc)) from exc
 
     return call
 

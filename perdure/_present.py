@@ -25,6 +25,11 @@ _QUIET_ATTRIBUTES = frozenset(
 )
 
 
+def message_of(exc: BaseException) -> str:
+    """An error's message on one line, or its type's name if it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def fmt_time(dt: datetime | None) -> str:
     if dt is None:
         return ""

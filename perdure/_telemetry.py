@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 _SCOPE = "perdure"
 _LOW_64 = (1 << 64) - 1
 _CONTEXTS_KEPT = 4096
-
-
-def trace_id_of(run_id: str) -> int:
-    """The trace id of a run's spans: its run id's 128 bits."""
-    return uuid.UUID(run_id).int
 
 
 class Telemetry:
@@ -130,13 +125,10 @@ class Telemetry:
             f"activity {activity_type}",
             context=self.run_context(run_id),
             attributes={
-                "perdure.workflow_id": workflow_id,
-                "perdure.run_id": run_id,
-                "perdure.workflow_type": workflow_type,
+                **_run_attributes(run_id, workflow_id, workflow_type, task_queue),
                 "perdure.activity_type": activity_type,
                 "perdure.activity_id": activity_id,
                 "perdure.attempt": attempt,
-                "perdure.task_queue": task_queue,
             },
         ) as span:
             done = Attempt(self, span)
@@ -171,17 +163,17 @@ class Telemetry:
             context=self.run_context(run_id),
             start_time=_nanos(created_at),
             attributes={
-                "perdure.workflow_id": workflow_id,
-                "perdure.run_id": run_id,
-                "perdure.workflow_type": workflow_type,
-                "perdure.task_queue": task_queue,
+                **_run_attributes(run_id, workflow_id, workflow_type, task_queue),
                 "perdure.status": status,
             },
         )
         if status not in ("completed", "continued_as_new"):
-            trace = self._trace
-            span.set_status(trace.Status(trace.StatusCode.ERROR, f"the run {status}"))
+            span.set_status(self.error_status(f"the run {status}"))
         span.end(end_time=_nanos(closed_at))
+
+    def error_status(self, description: str) -> Any:
+        trace = self._trace
+        return trace.Status(trace.StatusCode.ERROR, description)
 
     def step_committed(self, seconds: float, workflow_type: str) -> None:
         self.step_commit.record(seconds, {"perdure.workflow_type": workflow_type})
@@ -199,17 +191,25 @@ class Attempt:
 
     def canceled(self) -> None:
         """The attempt did not end: its worker stopped (or gave up on it) meanwhile."""
-        trace = self.telemetry._trace
         self.outcome = "canceled"
-        self.span.set_status(trace.Status(trace.StatusCode.ERROR, "the attempt was canceled"))
+        self.span.set_status(self.telemetry.error_status("the attempt was canceled"))
 
     def failed(self, error: BaseException) -> None:
-        trace = self.telemetry._trace
         self.outcome = "failed"
         self.span.record_exception(error)
-        self.span.set_status(
-            trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
-        )
+        self.span.set_status(self.telemetry.error_status(f"{type(error).__name__}: {error}"))
+
+
+def _run_attributes(
+    run_id: str, workflow_id: str, workflow_type: str, task_queue: str
+) -> dict[str, str]:
+    """The attributes every span of a run carries."""
+    return {
+        "perdure.workflow_id": workflow_id,
+        "perdure.run_id": run_id,
+        "perdure.workflow_type": workflow_type,
+        "perdure.task_queue": task_queue,
+    }
 
 
 def _nanos(dt: datetime) -> int:

@@ -38,7 +38,7 @@ from perdure._errors import (
     WorkflowNotFoundError,
     failure_to_dict,
 )
-from perdure._present import attribute_filter, fmt_time, seconds_text, spec_text
+from perdure._present import attribute_filter, fmt_time, message_of, seconds_text, spec_text
 from perdure._schedules import describe_record
 from perdure._store._base import ListFilter
 from perdure._ui import _views
@@ -192,7 +192,7 @@ class UI:
             except (WorkflowNotFoundError, ScheduleNotFoundError) as exc:
                 return self.error(request, str(exc), 404)
             except (PerdureError, ValueError, TypeError) as exc:
-                return self.error(request, " ".join(str(exc).split()) or type(exc).__name__, 400)
+                return self.error(request, message_of(exc), 400)
             except Exception:  # the database is down, say: the page says so, the log says why
                 log.exception("perdure ui: %s %s failed", request.method, request.url.path)
                 return self.error(
@@ -298,8 +298,7 @@ class UI:
                 task_queue=form.get("task_queue", "").strip() or None,
             )
         except (BadRequest, PerdureError, ValueError, TypeError) as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            return self.page(request, "start.html", status=400, form=form, message=message)
+            return self.page(request, "start.html", status=400, form=form, message=message_of(exc))
         return _to_run(handle.workflow_id, handle.run_id, "started")
 
     async def act(self, request: Request) -> Response:
@@ -383,7 +382,7 @@ async def _answered(
     try:
         answer["answer"] = _views.pretty(to_jsonable(await ask(name, *parse_args(args_text))))
     except (BadRequest, PerdureError, ValueError, TypeError) as exc:
-        answer["error"] = " ".join(str(exc).split()) or type(exc).__name__
+        answer["error"] = message_of(exc)
     return answer
 
 

@@ -20,8 +20,6 @@ PACKAGE = Path(perdure.__file__).parent
 ALLOWED = {
     ("_cli.py", "_require_database"),  # the command line: once per command
     ("_cli.py", "demo"),
-    ("_cli.py", "mcp"),  # once per server; the MCP SDK is an optional extra
-    ("_cli.py", "ui"),  # once per server; the web UI's libraries are an optional extra
     ("_telemetry.py", "__init__"),  # once per Telemetry; OpenTelemetry is an optional extra
     ("_errors.py", "_jsonable_details"),  # building an error (and _converter imports _errors)
     ("_schedules.py", "create_schedule"),  # once per schedule created (_app imports _schedules)
